@@ -1,0 +1,194 @@
+"""Settings for every environment, read from environment variables with working local defaults.
+
+Production adds its checks in ``config.production``; nothing here is domain logic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+import django_stubs_ext
+
+# Lets ModelAdmin[...] and QuerySet[...] be subscripted at run time, as the type checker sees them.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, str(default)))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, "1" if default else "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+SECRET_KEY = env("SECRET_KEY", "local-development-only-not-secret")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "writes",
+    "readmodels",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "writes.api.middleware.TenantContextMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Databases: a control database and N shard databases ------------------------------------
+# DATABASE_URL is the control database (tenants, API keys, shard map, auth, admin).
+# SHARD_DATABASE_URLS lists the shard databases in shard order: the first is alias shard_0.
+DATABASE_URL = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/writes_control")
+SHARD_DATABASE_URLS = [
+    url.strip()
+    for url in env(
+        "SHARD_DATABASE_URLS",
+        "postgres://postgres@127.0.0.1:5432/writes_shard_0,postgres://postgres@127.0.0.1:5432/writes_shard_1",
+    ).split(",")
+    if url.strip()
+]
+CONN_MAX_AGE = env_int("CONN_MAX_AGE", 600)
+
+
+def database(url: str) -> dict[str, Any]:
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=True))
+    config.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)
+    return config
+
+
+DATABASES: dict[str, dict[str, Any]] = {"default": database(DATABASE_URL)}
+SHARD_ALIASES: list[str] = []
+for index, url in enumerate(SHARD_DATABASE_URLS):
+    alias = f"shard_{index}"
+    SHARD_ALIASES.append(alias)
+    DATABASES[alias] = database(url)
+
+DATABASE_ROUTERS = ["writes.routing.ShardRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Broker and Celery ---------------------------------------------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 2.0)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A task that fails for good is rejected, not acked, so the quorum queue dead-letters it.
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = False
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 2)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_ACCEPT_CONTENT = ["json", "application/x-writes-msgpack"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_TIMEZONE = "UTC"
+CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance"
+CELERY_TASK_DEFAULT_EXCHANGE = env("WRITES_QUEUE_PREFIX", "writes")
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+
+# --- The write path ------------------------------------------------------------------------
+# Every shard gets a quorum queue "<prefix>.<alias>"; tests use their own prefix.
+WRITES_QUEUE_PREFIX = env("WRITES_QUEUE_PREFIX", "writes")
+WRITES_QUEUE_MAX_LENGTH = env_int("WRITES_QUEUE_MAX_LENGTH", 100_000)
+WRITES_QUEUE_MAX_BYTES = env_int("WRITES_QUEUE_MAX_BYTES", 2 * 1024**3)
+WRITES_QUEUE_DELIVERY_LIMIT = env_int("WRITES_QUEUE_DELIVERY_LIMIT", 20)
+# The coalescing publisher waits at most this long to gather writes into one message ...
+WRITES_PUBLISH_LINGER_SECONDS = env_float("WRITES_PUBLISH_LINGER_SECONDS", 0.002)
+# ... or until this many writes are waiting.
+WRITES_PUBLISH_MAX_WRITES = env_int("WRITES_PUBLISH_MAX_WRITES", 10_000)
+# A request gives up (503) when its write is not confirmed by the broker within this time.
+WRITES_PUBLISH_TIMEOUT_SECONDS = env_float("WRITES_PUBLISH_TIMEOUT_SECONDS", 1.5)
+WRITES_MAX_BATCH_ITEMS = 10_000
+WRITES_MAX_BODY_BYTES = 5 * 1024 * 1024
+WRITES_STATUS_MAX_WAIT_SECONDS = 30
+DATA_UPLOAD_MAX_MEMORY_SIZE = WRITES_MAX_BODY_BYTES + 1
+
+# --- HTTP API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["writes.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["writes.api.auth.IsTenant"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "writes.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Write absorber API",
+    "DESCRIPTION": "Writes are validated, confirmed by RabbitMQ and answered 202; workers apply them to "
+    "the tenant's PostgreSQL shard. Authenticate with `Authorization: Bearer <api key>`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SECURITY": [{"ApiKey": []}],
+    "OAS_VERSION": "3.1.0",
+    # Swagger UI served from the sidecar package: the docs page works with no internet access.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "writes.api.openapi.add_msgspec_components",
+    ],
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from tests.stack import Worker, purge_queues
+from writes.models import Tenant
+from writes.queues import queue_name
+from writes.services import api_key_issue, shard_for_logical, tenant_create
+
+ALL_DATABASES = ["default", *settings.SHARD_ALIASES]
+
+
+class TenantHandle:
+    """A tenant as a client sees it: its key, its shard, and a test client that sends the key."""
+
+    def __init__(self, tenant: Tenant, api_key: str) -> None:
+        self.tenant = tenant
+        self.api_key = api_key
+        self.shard = shard_for_logical(tenant.logical_shard)
+        self.client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+
+    def post_json(self, path: str, body: Any) -> Any:
+        return self.client.post(path, data=json.dumps(body), content_type="application/json")
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.client.get(path, params)
+
+
+def make_tenant(name: str, *, shard: str | None = None) -> TenantHandle:
+    """Create a tenant; with ``shard``, retry until its hash lands on that physical shard."""
+    for attempt in range(200):
+        tenant = tenant_create(name=f"{name}-{attempt}" if attempt else name)
+        if shard is None or shard_for_logical(tenant.logical_shard) == shard:
+            return TenantHandle(tenant, api_key_issue(tenant=tenant).secret)
+        tenant.delete()
+    raise AssertionError(f"no tenant landed on {shard}")
+
+
+@pytest.fixture
+def tenant_factory() -> Any:
+    return make_tenant
+
+
+@pytest.fixture(scope="session")
+def live_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Worker]:
+    """A real Celery worker consuming every shard queue of the test databases."""
+    purge_queues()
+    worker = Worker([queue_name(alias) for alias in settings.SHARD_ALIASES], concurrency=2)
+    yield worker
+    worker.stop()

@@ -1,0 +1,166 @@
+"""Django admin: tenants, API keys (a new key is shown once), the shard map, and each shard's
+write log and rejected writes (read-only, one shard at a time)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+from writes.models import ApiKey, RejectedWrite, ShardMap, Tenant, WriteLog
+from writes.services import api_key_issue, api_key_revoke, tenant_create
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin[Tenant]):
+    list_display = ["name", "id", "logical_shard", "shard", "created_at"]
+    search_fields = ["name", "id"]
+    readonly_fields = ["id", "logical_shard", "shard", "created_at"]
+    fields = ["name", "id", "logical_shard", "shard", "created_at"]
+
+    @admin.display(description="physical shard")
+    def shard(self, tenant: Tenant) -> str:
+        entry = ShardMap.objects.filter(logical_shard=tenant.logical_shard).first()
+        return entry.alias if entry else "—"
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = tenant_create(name=obj.name)
+        obj.pk, obj.logical_shard, obj.created_at = created.pk, created.logical_shard, created.created_at
+
+    def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return False  # a tenant's writes live on its shard; deleting the row would orphan them
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+    list_display = ["prefix", "tenant", "label", "created_at", "revoked_at"]
+    list_filter = ["tenant"]
+    fields = ["tenant", "label", "prefix", "created_at", "revoked_at"]
+    readonly_fields = ["prefix", "created_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        return [*self.readonly_fields, "tenant"] if obj else list(self.readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        issued = api_key_issue(tenant=obj.tenant, label=obj.label)
+        obj.pk, obj.prefix, obj.created_at = issued.api_key.pk, issued.api_key.prefix, issued.api_key.created_at
+        messages.warning(request, f"New API key (shown only this once): {issued.secret}")
+
+    @admin.action(description="Revoke selected keys (takes effect at once)")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for api_key in queryset:
+            api_key_revoke(api_key=api_key)
+        messages.success(request, f"Revoked {queryset.count()} key(s).")
+
+    def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
+        return False  # revoke instead: the record of who had access stays
+
+
+@admin.register(ShardMap)
+class ShardMapAdmin(admin.ModelAdmin[ShardMap]):
+    list_display = ["logical_shard", "alias"]
+    list_filter = ["alias"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ShardMap | None = None) -> bool:
+        return False  # changing an entry without moving the data would hide it
+
+    def has_delete_permission(self, request: HttpRequest, obj: ShardMap | None = None) -> bool:
+        return False
+
+
+def chosen_shard(request: HttpRequest) -> str:
+    """The shard picked with the "shard" filter, also from the change page (kept in _changelist_filters)."""
+    shard = request.GET.get("shard")
+    if shard is None and "_changelist_filters" in request.GET:
+        shard = parse_qs(request.GET["_changelist_filters"]).get("shard", [None])[0]
+    return shard if shard in settings.SHARD_ALIASES else settings.SHARD_ALIASES[0]
+
+
+class ShardFilter(admin.SimpleListFilter):
+    title = "shard"
+    parameter_name = "shard"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(alias, alias) for alias in settings.SHARD_ALIASES]
+
+    def choices(self, changelist: Any) -> Any:
+        current = self.value() or settings.SHARD_ALIASES[0]
+        for alias, title in self.lookup_choices:
+            yield {
+                "selected": current == alias,
+                "query_string": changelist.get_query_string({self.parameter_name: alias}),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.using(chosen_shard(request))
+
+
+class TenantFilter(admin.SimpleListFilter):
+    title = "tenant"
+    parameter_name = "tenant"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(t.id), t.name) for t in Tenant.objects.all()[:200]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(tenant_id=self.value()) if self.value() else queryset
+
+
+class KindFilter(admin.SimpleListFilter):
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("event", "event"), ("message", "message"), ("transfer", "transfer")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(kind=self.value()) if self.value() else queryset
+
+
+class ShardResidentAdmin(admin.ModelAdmin[Any]):
+    """Read-only admin over one shard at a time, chosen with the "shard" filter."""
+
+    list_filter = [ShardFilter, TenantFilter, KindFilter]
+    show_full_result_count = False  # counting a large log on every page view is expensive
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).using(chosen_shard(request))
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Model | None:
+        return self.get_queryset(request).filter(pk=object_id).first()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+@admin.register(WriteLog)
+class WriteLogAdmin(ShardResidentAdmin):
+    list_display = ["position", "kind", "key", "write_id", "tenant_id", "occurred_at", "applied_at"]
+    search_fields = ["key"]
+
+
+@admin.register(RejectedWrite)
+class RejectedWriteAdmin(ShardResidentAdmin):
+    list_display = ["write_id", "kind", "key", "code", "reason", "tenant_id", "rejected_at"]
+    search_fields = ["key", "code"]

@@ -1,0 +1,103 @@
+"""OpenAPI pieces generated from the msgspec structs that validate the wire format.
+
+One source of truth: the schema documents exactly what ``writes.schemas`` accepts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse
+
+from writes.schemas import EventIn
+
+REF = "#/components/schemas/{name}"
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    details: list[Any]
+
+
+class Error(msgspec.Struct):
+    error: ErrorDetail
+
+
+class WritesAccepted(msgspec.Struct):
+    accepted: int
+    ids: list[str]
+
+
+class WriteStatus(msgspec.Struct):
+    id: str
+    status: Literal["pending", "applied", "rejected"]
+    kind: str | None = None
+    position: int | None = None
+    applied_at: datetime | None = None
+    code: str | None = None
+    reason: str | None = None
+    rejected_at: datetime | None = None
+
+
+DOCUMENTED: list[type[msgspec.Struct]] = [EventIn, Error, WritesAccepted, WriteStatus]
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(name=name)}
+
+
+def response_of(name: str) -> dict[str, str]:
+    return ref(name)
+
+
+def request_of(item: str, *, max_items: int = 10_000) -> dict[str, Any]:
+    """One item, or ``{"batch": [...]}`` of them."""
+    return {
+        "oneOf": [
+            ref(item),
+            {
+                "type": "object",
+                "properties": {"batch": {"type": "array", "items": ref(item), "minItems": 1, "maxItems": max_items}},
+                "required": ["batch"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(response=ref("Error"), description=description)
+
+
+ERROR_RESPONSES: dict[int, OpenApiResponse] = {
+    400: _error("Invalid request; `details` lists every bad item by index and field."),
+    401: _error("Missing, unknown or revoked API key."),
+    404: _error("Not found (or not this tenant's)."),
+}
+WRITE_RESPONSES: dict[int, Any] = {
+    202: OpenApiResponse(response=ref("WritesAccepted"), description="Durable in RabbitMQ; will be applied."),
+    **ERROR_RESPONSES,
+    413: _error("Body too large."),
+    415: _error("Body is not application/json."),
+    429: _error("Rate limited; see Retry-After."),
+    503: _error("Broker unavailable or queue full; see Retry-After."),
+}
+
+
+def add_msgspec_components(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: add the msgspec structs as components."""
+    _, components = msgspec.json.schema_components(DOCUMENTED, ref_template=REF)
+    result.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    return result
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+    target_class = "writes.api.auth.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer"}

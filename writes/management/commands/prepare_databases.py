@@ -1,0 +1,62 @@
+"""``prepare_databases``: check PostgreSQL and RabbitMQ answer, and create any missing database.
+
+Run by ``make run`` before ``migrate``; says which service is down, where it looked and how to start it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from writes.readiness import broker_reachable
+
+POSTGRES_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+RABBITMQ_HINT = "rabbitmq-server -detached"
+
+
+class Command(BaseCommand):
+    help = "Check the database server and the broker, and create the control and shard databases if missing."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for alias, config in settings.DATABASES.items():
+            self._ensure_database(alias, config)
+        if not broker_reachable():
+            raise CommandError(
+                f"RabbitMQ does not answer at {_redacted(settings.CELERY_BROKER_URL)}. "
+                f"Start it (for example: {RABBITMQ_HINT}) or set CELERY_BROKER_URL."
+            )
+        self.stdout.write("PostgreSQL and RabbitMQ answer; databases exist.")
+
+    def _ensure_database(self, alias: str, config: dict[str, Any]) -> None:
+        where = f"{config.get('HOST') or 'local socket'}:{config.get('PORT') or 5432}"
+        conninfo = make_conninfo(
+            dbname="postgres",
+            host=config.get("HOST") or None,
+            port=config.get("PORT") or None,
+            user=config.get("USER") or None,
+            password=config.get("PASSWORD") or None,
+            connect_timeout=3,
+        )
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as connection:
+                exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone()
+                if not exists:
+                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config["NAME"])))
+                    self.stdout.write(f"created database {config['NAME']} ({alias})")
+        except psycopg.OperationalError as exc:
+            raise CommandError(
+                f"PostgreSQL does not answer at {where} (database {alias}): {str(exc).strip()}. "
+                f"Start it (for example: {POSTGRES_HINT}) or set DATABASE_URL / SHARD_DATABASE_URLS."
+            ) from exc
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

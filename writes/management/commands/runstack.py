@@ -1,0 +1,132 @@
+"""``runstack``: the whole stack in the foreground (API server, a worker per shard queue, beat).
+
+Prints the URLs and a fresh demo API key. Ctrl-C (or SIGTERM) stops every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from writes.models import ApiKey, Tenant
+from writes.queues import maintenance_queue_name, queue_name
+from writes.services import api_key_issue, api_key_revoke, shard_for_logical, tenant_create
+
+DEMO_TENANT = "demo"
+DEMO_KEY_LABEL = "make run"
+
+
+def worker_layout() -> list[list[str]]:
+    """Queue lists, one per worker process, from WORKER_QUEUES (``;`` between workers, ``,`` within one).
+
+    Default: one worker per shard queue; the first also takes the maintenance queue.
+    """
+    raw = os.environ.get("WORKER_QUEUES", "").strip()
+    if raw:
+        return [
+            [name.strip() for name in group.split(",") if name.strip()] for group in raw.split(";") if group.strip()
+        ]
+    layout = [[queue_name(alias)] for alias in settings.SHARD_ALIASES]
+    layout[0].append(maintenance_queue_name())
+    return layout
+
+
+class Command(BaseCommand):
+    help = "Run the API server, the workers and beat in the foreground until Ctrl-C."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", default=os.environ.get("PORT", "8000"))
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        port = options["port"]
+        secret = self._demo_key()
+        environment = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
+        concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
+        python = sys.executable
+        commands: dict[str, list[str]] = {
+            "api": [python, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"],
+        }
+        for index, queues in enumerate(worker_layout()):
+            commands[f"worker-{index}"] = [
+                python, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues),
+                "-c", concurrency, "-n", f"worker{index}@%h", "-l", "INFO",
+            ]  # fmt: skip
+        commands["beat"] = [
+            python, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
+            "--schedule", str(settings.BASE_DIR / "var" / "celerybeat-schedule"),
+        ]  # fmt: skip
+        (settings.BASE_DIR / "var").mkdir(exist_ok=True)
+
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+        stopping = False
+
+        def stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        for name, command in commands.items():
+            # Each child leads its own process group, so stopping it also stops its pool children.
+            processes[name] = subprocess.Popen(command, env=environment, start_new_session=True)  # noqa: S603
+        base = f"http://127.0.0.1:{port}"
+        self.stdout.write(
+            self.style.SUCCESS("\nThe stack is starting; Ctrl-C stops all of it.\n") + f"  API:      {base}/api/v1/\n"
+            f"  Docs:     {base}/api/docs/\n"
+            f"  Admin:    {base}/admin/  (create a login: python manage.py createsuperuser)\n"
+            f"  Health:   {base}/healthz  {base}/readyz\n"
+            f"  Demo API key (tenant '{DEMO_TENANT}', shown only now): {secret}\n\n"
+            f"  curl -X POST {base}/api/v1/events -H 'Authorization: Bearer {secret}' "
+            "-H 'Content-Type: application/json' -d '{\"name\": \"signup\"}'\n"
+        )
+        exit_code = 0
+        try:
+            while not stopping:
+                for name, process in processes.items():
+                    if process.poll() is not None:
+                        self.stderr.write(f"{name} exited with status {process.returncode}; stopping the stack.")
+                        stopping, exit_code = True, 1
+                        break
+                time.sleep(0.2)
+        finally:
+            self._stop_all(processes)
+        if exit_code:
+            sys.exit(exit_code)
+
+    def _stop_all(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        self.stdout.write("Stopping the API, workers and beat…")
+        for process in processes.values():
+            if process.poll() is None:
+                _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+        # Whatever a child left behind in its group (pool processes) goes too.
+        for process in processes.values():
+            _signal_group(process, signal.SIGKILL)
+        self.stdout.write("Stopped.")
+
+    def _demo_key(self) -> str:
+        tenant = Tenant.objects.filter(name=DEMO_TENANT).first() or tenant_create(name=DEMO_TENANT)
+        shard_for_logical(tenant.logical_shard)
+        # Each run shows a new key; the previous run's demo key stops working.
+        for old in ApiKey.objects.filter(tenant=tenant, label=DEMO_KEY_LABEL, revoked_at__isnull=True):
+            api_key_revoke(api_key=old)
+        return api_key_issue(tenant=tenant, label=DEMO_KEY_LABEL).secret
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)

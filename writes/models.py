@@ -1,0 +1,105 @@
+"""Tables of the write path.
+
+Control database: ``Tenant``, ``ApiKey``, ``ShardMap``. Every shard database: ``WriteLog`` (append-only,
+enforced by a trigger) and ``RejectedWrite``. ``SHARD_RESIDENT = True`` tells the router where a model lives.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.db import models
+from django.db.models.functions import Now
+
+LOGICAL_SHARDS = 256
+
+
+class Tenant(models.Model):
+    id = models.UUIDField(primary_key=True)
+    name = models.CharField(max_length=200, unique=True)
+    # hash(id) mod LOGICAL_SHARDS, fixed at creation; the shard map says where it lives physically.
+    logical_shard = models.PositiveSmallIntegerField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    label = models.CharField(max_length=200, blank=True)
+    # The first characters of the key, to tell keys apart; the key itself is never stored.
+    prefix = models.CharField(max_length=16, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.label or 'unlabelled'})"
+
+
+class ShardMap(models.Model):
+    logical_shard = models.PositiveSmallIntegerField(primary_key=True)
+    alias = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["logical_shard"]
+        verbose_name = "shard map entry"
+        verbose_name_plural = "shard map"
+
+    def __str__(self) -> str:
+        return f"{self.logical_shard} → {self.alias}"
+
+
+class WriteLog(models.Model):
+    """One applied write. Insert-only: the database rejects UPDATE and DELETE."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    position = models.BigAutoField(primary_key=True)
+    tenant_id = models.UUIDField()
+    write_id = models.UUIDField()
+    kind = models.CharField(max_length=32)
+    key = models.CharField(max_length=200)
+    payload = models.JSONField()
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+    applied_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "write_log"
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["tenant_id", "write_id"], name="write_log_tenant_id_uniq")]
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.kind} {self.write_id}"
+
+
+class RejectedWrite(models.Model):
+    """A write that passed intake validation but could not be applied, with the reason."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    tenant_id = models.UUIDField()
+    write_id = models.UUIDField()
+    kind = models.CharField(max_length=32)
+    key = models.CharField(max_length=200)
+    payload = models.TextField()
+    code = models.CharField(max_length=64)
+    reason = models.TextField()
+    rejected_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "rejected_writes"
+        ordering = ["-rejected_at"]
+        constraints = [models.UniqueConstraint(fields=["tenant_id", "write_id"], name="rejected_writes_tenant_id_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.write_id}: {self.code}"

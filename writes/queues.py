@@ -1,0 +1,100 @@
+"""Queue topology of the write path: one bounded quorum queue per shard, and their dead-letter queue.
+
+The API's publisher and the workers both declare queues from here, so their arguments always agree
+(RabbitMQ refuses a redeclaration with different arguments).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from django.conf import settings
+from kombu import Exchange, Queue
+from kombu.serialization import register
+
+# Batches travel as msgpack: far smaller and faster to encode and decode than JSON for 10,000 rows.
+MSGPACK_CONTENT_TYPE = "application/x-writes-msgpack"
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+def _encode(value: Any) -> Any:
+    return _encoder.encode(value)
+
+
+def _decode(data: Any) -> Any:
+    return _decoder.decode(data)
+
+
+def register_serializer() -> None:
+    register(
+        MSGPACK_CONTENT_TYPE,
+        _encode,
+        _decode,
+        content_type=MSGPACK_CONTENT_TYPE,
+        content_encoding="binary",
+    )
+
+
+def queue_name(alias: str) -> str:
+    return f"{settings.WRITES_QUEUE_PREFIX}.{alias}"
+
+
+def dead_letter_queue_name() -> str:
+    return f"{settings.WRITES_QUEUE_PREFIX}.dead_letter"
+
+
+def maintenance_queue_name() -> str:
+    return f"{settings.WRITES_QUEUE_PREFIX}.maintenance"
+
+
+def exchange() -> Exchange:
+    """The direct exchange every write-path queue is bound to, by its own name."""
+    return Exchange(settings.WRITES_QUEUE_PREFIX, type="direct", durable=True)
+
+
+def shard_queue(alias: str) -> Queue:
+    """The write queue of one physical shard."""
+    return Queue(
+        queue_name(alias),
+        exchange=exchange(),
+        routing_key=queue_name(alias),
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            # Bounded: a full queue nacks the publish and the API answers 503 instead of piling up.
+            "x-max-length": settings.WRITES_QUEUE_MAX_LENGTH,
+            "x-max-length-bytes": settings.WRITES_QUEUE_MAX_BYTES,
+            "x-overflow": "reject-publish",
+            # A message that keeps killing its worker, or that a task rejects for good, is parked.
+            "x-delivery-limit": settings.WRITES_QUEUE_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue_name(),
+        },
+    )
+
+
+def dead_letter_queue() -> Queue:
+    return Queue(
+        dead_letter_queue_name(),
+        exchange=exchange(),
+        routing_key=dead_letter_queue_name(),
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
+def maintenance_queue() -> Queue:
+    """Projector, repair and other housekeeping tasks: never behind the writes they follow."""
+    return Queue(
+        maintenance_queue_name(),
+        exchange=exchange(),
+        routing_key=maintenance_queue_name(),
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
+def all_queues() -> list[Queue]:
+    return [*(shard_queue(alias) for alias in settings.SHARD_ALIASES), maintenance_queue()]

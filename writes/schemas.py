@@ -1,0 +1,200 @@
+"""Wire format of incoming writes, validated in one pass with msgspec.
+
+``parse_writes`` turns a request body into validated items, or a ``ValidationFailed`` listing every bad
+item by index and field. All-or-nothing: one bad item fails the whole request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+MAX_NESTING = 10
+MAX_PROPERTIES_BYTES = 32 * 1024
+MAX_ID_LENGTH = 200
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP_AHEAD = timedelta(days=1)
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+ShortId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Timestamp = Annotated[datetime, Meta(tz=True)]
+
+
+def _nested_json_type(depth: int) -> Any:
+    """JSON values nested at most ``depth`` containers deep, checked by msgspec in C."""
+    scalar: Any = str | int | float | bool | None
+    value: Any = scalar
+    for _ in range(depth):
+        value = scalar | list[value] | dict[str, value]
+    return value
+
+
+if TYPE_CHECKING:
+    Properties = dict[str, Any]
+else:
+    # "properties" is itself the first level, so its values may nest MAX_NESTING - 1 further.
+    Properties = dict[str, _nested_json_type(MAX_NESTING - 1)]
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    id: uuid.UUID | None = None
+    distinct_id: ShortId | None = None
+    timestamp: Timestamp | None = None
+    properties: Properties | None = None
+
+
+class EventPayload(msgspec.Struct, omit_defaults=True):
+    """What the log keeps of an event besides its id, name and time."""
+
+    distinct_id: str | None = None
+    properties: msgspec.Raw | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    index: int | None
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"field": self.field, "message": self.message}
+        if self.index is not None:
+            detail = {"index": self.index, **detail}
+        return detail
+
+
+@dataclass
+class ValidationFailed(Exception):
+    message: str
+    details: list[FieldError] = field(default_factory=list)
+
+
+class BodyNotJson(Exception):
+    """The body is not well-formed JSON (or not UTF-8)."""
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody(Generic[T]):
+    items: list[T]
+    is_batch: bool
+
+
+_any_decoder = msgspec.json.Decoder()
+
+
+def decode_json(body: bytes) -> Any:
+    try:
+        return _any_decoder.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BodyNotJson(str(exc)) from exc
+
+
+def parse_writes(body: bytes, item_type: type[T], *, max_items: int) -> ParsedBody[T]:
+    """Decode one item or ``{"batch": [...]}`` and validate every item against ``item_type``."""
+    document = decode_json(body)
+    if isinstance(document, dict) and "batch" in document:
+        if len(document) != 1:
+            extra = sorted(k for k in document if k != "batch")
+            raise ValidationFailed(
+                "A batch body has only the key 'batch'.", [FieldError(None, extra[0], "Unknown field.")]
+            )
+        raw_items = document["batch"]
+        if not isinstance(raw_items, list):
+            raise ValidationFailed("'batch' must be a list.", [FieldError(None, "batch", "Expected an array.")])
+        if not 1 <= len(raw_items) <= max_items:
+            raise ValidationFailed(
+                f"A batch holds 1 to {max_items} items; this one has {len(raw_items)}.",
+                [FieldError(None, "batch", f"Expected 1 to {max_items} items, got {len(raw_items)}.")],
+            )
+        is_batch = True
+    elif isinstance(document, dict):
+        raw_items = [document]
+        is_batch = False
+    else:
+        raise ValidationFailed(
+            'The body must be a JSON object: one write, or {"batch": [...]}.',
+            [FieldError(None, "$", f"Expected an object, got {type(document).__name__}.")],
+        )
+    try:
+        items = msgspec.convert(raw_items, list[item_type])  # type: ignore[valid-type]
+    except msgspec.ValidationError:
+        items = []
+    errors = [] if items else _item_errors(raw_items, item_type, is_batch)
+    if not errors and b"\\u0000" in body:
+        errors = _nul_errors(raw_items, is_batch)
+    if errors:
+        raise ValidationFailed(f"{len(errors)} invalid item(s); nothing was accepted.", errors)
+    return ParsedBody(items=items, is_batch=is_batch)
+
+
+def _item_errors(raw_items: list[Any], item_type: type[T], is_batch: bool) -> list[FieldError]:
+    """The slow path, only for bad requests: validate item by item to name every bad one."""
+    errors = []
+    for index, raw in enumerate(raw_items):
+        try:
+            msgspec.convert(raw, item_type)
+        except msgspec.ValidationError as exc:
+            errors.append(_field_error(index if is_batch else None, raw, str(exc)))
+    return errors
+
+
+def _field_error(index: int | None, raw: Any, message: str) -> FieldError:
+    # msgspec says "Expected `str`, got `int` - at `$.name`"; report the path without the "$.".
+    message, _, path = message.partition(" - at `")
+    path = path.rstrip("`")
+    field_name = path[2:] if path.startswith("$.") else (path or "$")
+    if message.startswith("Object contains unknown field") and "`" in message:
+        return FieldError(index, message.split("`")[1], "Unknown field.")
+    if message.startswith("Object missing required field") and "`" in message:
+        return FieldError(index, message.split("`")[1], "This field is required.")
+    properties = raw.get("properties") if isinstance(raw, dict) else None
+    if field_name.startswith("properties") and isinstance(properties, dict) and _depth(properties) > MAX_NESTING:
+        return FieldError(index, "properties", f"Nested deeper than {MAX_NESTING} levels.")
+    return FieldError(index, field_name, message)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def _nul_errors(raw_items: list[Any], is_batch: bool) -> list[FieldError]:
+    errors = []
+    for index, raw in enumerate(raw_items):
+        for key, value in raw.items():
+            if _contains_nul(key) or _contains_nul(value):
+                errors.append(
+                    FieldError(index if is_batch else None, key, "NUL characters (\\u0000) cannot be stored.")
+                )
+                break
+    return errors
+
+
+def check_timestamp(value: datetime, now: datetime) -> str | None:
+    if value < EARLIEST_TIMESTAMP:
+        return "Timestamps before 1970 are not accepted."
+    if value > now + LATEST_TIMESTAMP_AHEAD:
+        return "Timestamps more than a day in the future are not accepted."
+    return None
