@@ -129,7 +129,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance"
 CELERY_TASK_DEFAULT_EXCHANGE = env("WRITES_QUEUE_PREFIX", "writes")
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # The projector also runs after every applied batch; this catches whatever a debounce skipped.
+    "project-all": {"task": "readmodels.project_all", "schedule": env_float("PROJECT_ALL_EVERY_SECONDS", 5.0)},
+}
 
 # --- The write path ------------------------------------------------------------------------
 # Every shard gets a quorum queue "<prefix>.<alias>"; tests use their own prefix.

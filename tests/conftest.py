@@ -10,7 +10,7 @@ from django.test import Client
 
 from tests.stack import Worker, purge_queues
 from writes.models import Tenant
-from writes.queues import queue_name
+from writes.queues import maintenance_queue_name, queue_name
 from writes.services import api_key_issue, shard_for_logical, tenant_create
 
 ALL_DATABASES = ["default", *settings.SHARD_ALIASES]
@@ -51,6 +51,6 @@ def tenant_factory() -> Any:
 def live_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Worker]:
     """A real Celery worker consuming every shard queue of the test databases."""
     purge_queues()
-    worker = Worker([queue_name(alias) for alias in settings.SHARD_ALIASES], concurrency=2)
+    worker = Worker([*(queue_name(alias) for alias in settings.SHARD_ALIASES), maintenance_queue_name()], concurrency=2)
     yield worker
     worker.stop()

@@ -16,6 +16,7 @@ import psycopg
 from celery import shared_task
 from django.db import OperationalError, connections
 
+from readmodels.tasks import request_projection
 from writes.apply import ApplyResult, apply_batch
 from writes.publisher import APPLY_TASK
 
@@ -54,6 +55,8 @@ def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
 @shared_task(name=APPLY_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
     result: ApplyResult = with_shard_retries(shard, lambda: apply_batch(shard=shard, groups=groups))
+    if result.applied:
+        request_projection(shard)
     return {
         "received": result.received,
         "applied": result.applied,

@@ -1,0 +1,18 @@
+"""Every projection the projector runs, in the order it runs them."""
+
+from __future__ import annotations
+
+from readmodels.projections.base import LogRow, Projection
+
+PROJECTIONS: list[Projection] = []
+
+
+def projection_named(name: str) -> Projection:
+    for projection in PROJECTIONS:
+        if projection.name == name:
+            return projection
+    known = ", ".join(p.name for p in PROJECTIONS) or "none"
+    raise LookupError(f"No projection named {name!r} (known: {known}).")
+
+
+__all__ = ["PROJECTIONS", "LogRow", "Projection", "projection_named"]
