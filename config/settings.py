@@ -54,6 +54,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "writes.api.middleware.TenantContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -185,7 +186,9 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# gunicorn serves the admin's and the API docs' static files through WhiteNoise, straight from the
+# installed apps: no collectstatic step, no separate web server.
+WHITENOISE_USE_FINDERS = True
 
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
 LOGGING: dict[str, Any] = {

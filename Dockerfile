@@ -1,0 +1,15 @@
+# One image for the API, the workers and beat; docker-compose.yml picks the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+
+COPY pyproject.toml constraints.txt README.md ./
+RUN pip install -c constraints.txt .
+
+COPY . .
+RUN useradd --system --uid 1000 app && mkdir -p var && chown app var
+USER app
+
+EXPOSE 8000
+CMD ["gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
