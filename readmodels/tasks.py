@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -9,6 +10,8 @@ from celery import current_app, shared_task
 from django.conf import settings
 
 from readmodels.projector import project_shard
+
+logger = logging.getLogger(__name__)
 
 PROJECT_TASK = "readmodels.project_shard"
 # One trigger per shard per this many seconds and process; the projector it starts runs until the log
@@ -26,7 +29,12 @@ def request_projection(shard: str) -> None:
         if now - _last_trigger.get(shard, 0.0) < TRIGGER_INTERVAL_SECONDS:
             return
         _last_trigger[shard] = now
-    current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True)
+    try:
+        current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True)
+    except Exception:
+        # The batch is committed; failing its task now would dead-letter applied writes. Beat's
+        # project_all runs the projector anyway.
+        logger.warning("could not request a projector run for %s", shard, exc_info=True)
 
 
 @shared_task(name=PROJECT_TASK, ignore_result=True)
