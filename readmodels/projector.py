@@ -9,11 +9,15 @@ to COMMIT, so no row can later commit below a position already seen.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import connections, transaction
+from django.utils import timezone
 
 from readmodels.projections import PROJECTIONS, LogRow, Projection
+from readmodels.projections.base import range_folder
 
 SLICE_POSITIONS = 5_000
 
@@ -24,21 +28,56 @@ WHERE position > %s AND position <= %s AND kind = ANY(%s)
 ORDER BY position
 """
 
+_ADVANCE = """
+UPDATE projection_checkpoints SET position = %s, updated_at = now(),
+    position_applied_at = (SELECT applied_at FROM write_log WHERE position <= %s ORDER BY position DESC LIMIT 1)
+WHERE projection = %s
+"""
 
-def _checkpoint_for_update(cursor: Any, name: str) -> int | None:
+
+def _ensure_checkpoint(cursor: Any, name: str) -> None:
     cursor.execute(
         "INSERT INTO projection_checkpoints (projection, position, updated_at) VALUES (%s, 0, now()) "
         "ON CONFLICT (projection) DO NOTHING",
         [name],
     )
+
+
+def _checkpoint_for_update(cursor: Any, name: str) -> int | None:
+    _ensure_checkpoint(cursor, name)
     cursor.execute("SELECT position FROM projection_checkpoints WHERE projection = %s FOR UPDATE SKIP LOCKED", [name])
     found = cursor.fetchone()
     return None if found is None else int(found[0])
 
 
+def lock_checkpoint(cursor: Any, name: str) -> int:
+    """Hold ``name``'s checkpoint row for the rest of the transaction, waiting for a running slice; the
+    projector skips this projection meanwhile. Returns the checkpoint."""
+    _ensure_checkpoint(cursor, name)
+    cursor.execute("SELECT position FROM projection_checkpoints WHERE projection = %s FOR UPDATE", [name])
+    return int(cursor.fetchone()[0])
+
+
+def set_checkpoint(cursor: Any, name: str, position: int) -> None:
+    cursor.execute(_ADVANCE, [position, position, name])
+
+
 def head_position(cursor: Any) -> int:
     cursor.execute("SELECT coalesce(max(position), 0) FROM write_log")
     return int(cursor.fetchone()[0])
+
+
+def fold(cursor: Any, projection: Projection, after: int, upto: int) -> None:
+    """Fold the log rows at ``after < position <= upto`` into ``projection`` (in the caller's
+    transaction, into whatever tables ``search_path`` resolves its names to)."""
+    folder = range_folder(projection)
+    if folder is not None:
+        folder.fold_range(cursor, after, upto)
+        return
+    cursor.execute(_SELECT_ROWS, [after, upto, list(projection.kinds)])
+    rows = [LogRow(*values) for values in cursor.fetchall()]
+    if rows:
+        projection.apply(cursor, rows)
 
 
 def project_slice(shard: str, projection: Projection, *, slice_positions: int = SLICE_POSITIONS) -> int:
@@ -52,16 +91,8 @@ def project_slice(shard: str, projection: Projection, *, slice_positions: int = 
         if head <= checkpoint:
             return 0
         upto = min(head, checkpoint + slice_positions)
-        cursor.execute(_SELECT_ROWS, [checkpoint, upto, list(projection.kinds)])
-        rows = [LogRow(*values) for values in cursor.fetchall()]
-        if rows:
-            projection.apply(cursor, rows)
-        cursor.execute(
-            "UPDATE projection_checkpoints SET position = %s, updated_at = now(), "
-            "position_applied_at = (SELECT applied_at FROM write_log WHERE position <= %s "
-            "ORDER BY position DESC LIMIT 1) WHERE projection = %s",
-            [upto, upto, projection.name],
-        )
+        fold(cursor, projection, checkpoint, upto)
+        set_checkpoint(cursor, projection.name, upto)
         return upto - checkpoint
 
 
@@ -80,3 +111,37 @@ def project_shard(shard: str, *, projections: list[Projection] | None = None, ti
                 still_behind.append(projection)
         pending = still_behind
     return advanced
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How far a projection has read, and how stale that makes it."""
+
+    position: int
+    time: datetime | None
+    #: Seconds since the oldest log row the projection has not read yet was applied; 0 when caught up.
+    lag_seconds: float
+    #: Log positions written but not yet read.
+    behind: int
+
+
+def freshness(cursor: Any, name: str) -> Freshness:
+    cursor.execute("SELECT position, position_applied_at FROM projection_checkpoints WHERE projection = %s", [name])
+    found = cursor.fetchone()
+    position, at = (int(found[0]), found[1]) if found else (0, None)
+    return freshness_at(cursor, position, at)
+
+
+def freshness_at(cursor: Any, position: int, at: datetime | None) -> Freshness:
+    """The freshness of a projection that has read up to ``position`` (applied at ``at``)."""
+    # Both lookups are primary-key probes, however long the log.
+    cursor.execute(
+        "SELECT applied_at, (SELECT coalesce(max(position), 0) FROM write_log) FROM write_log "
+        "WHERE position > %s ORDER BY position LIMIT 1",
+        [position],
+    )
+    oldest_unread = cursor.fetchone()
+    if oldest_unread is None:
+        return Freshness(position=position, time=at, lag_seconds=0.0, behind=0)
+    lag = max(0.0, (timezone.now() - oldest_unread[0]).total_seconds())
+    return Freshness(position=position, time=at, lag_seconds=round(lag, 3), behind=int(oldest_unread[1]) - position)
