@@ -1,9 +1,13 @@
 """The projector: tails one shard's write log by position and feeds each projection, slice by slice.
 
-Each slice is one transaction holding the projection's checkpoint row (``FOR UPDATE SKIP LOCKED``, so
-two projectors never double-apply and a second one just leaves). It reads only up to the highest
-committed position: appliers take the shard's append lock before their rows get positions and keep it
-to COMMIT, so no row can later commit below a position already seen.
+Each slice is one transaction holding the projection's checkpoint row, so two projectors never
+double-apply. It reads only up to the highest committed position: appliers take the shard's append
+lock before their rows get positions and keep it to COMMIT, so no row can later commit below a
+position already seen.
+
+``project_shard`` waits (briefly) for a checkpoint another run holds instead of skipping it: a run
+triggered by a batch that committed just after the other run last read the head would otherwise leave
+that batch for beat's safety net.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import connections, transaction
+import psycopg
+from django.db import OperationalError, connections, transaction
 from django.utils import timezone
 
 from readmodels.projections import PROJECTIONS, LogRow, Projection
 from readmodels.projections.base import range_folder
 
 SLICE_POSITIONS = 5_000
+# How long a projector run waits for a checkpoint row another run holds (one slice takes milliseconds).
+CHECKPOINT_WAIT = "5s"
 
 _SELECT_ROWS = """
 SELECT position, tenant_id, write_id, kind, key, payload, occurred_at, received_at, applied_at
@@ -43,9 +50,15 @@ def _ensure_checkpoint(cursor: Any, name: str) -> None:
     )
 
 
-def _checkpoint_for_update(cursor: Any, name: str) -> int | None:
+def _checkpoint_for_update(cursor: Any, name: str, *, wait: bool) -> int | None:
     _ensure_checkpoint(cursor, name)
-    cursor.execute("SELECT position FROM projection_checkpoints WHERE projection = %s FOR UPDATE SKIP LOCKED", [name])
+    if wait:
+        cursor.execute(f"SET LOCAL lock_timeout = '{CHECKPOINT_WAIT}'")
+        cursor.execute("SELECT position FROM projection_checkpoints WHERE projection = %s FOR UPDATE", [name])
+    else:
+        cursor.execute(
+            "SELECT position FROM projection_checkpoints WHERE projection = %s FOR UPDATE SKIP LOCKED", [name]
+        )
     found = cursor.fetchone()
     return None if found is None else int(found[0])
 
@@ -80,11 +93,23 @@ def fold(cursor: Any, projection: Projection, after: int, upto: int) -> None:
         projection.apply(cursor, rows)
 
 
-def project_slice(shard: str, projection: Projection, *, slice_positions: int = SLICE_POSITIONS) -> int:
+def project_slice(
+    shard: str, projection: Projection, *, slice_positions: int = SLICE_POSITIONS, wait: bool = False
+) -> int:
     """Apply the next slice of the log to ``projection``; returns how many positions it advanced
-    (0 when caught up, or when another projector holds the checkpoint)."""
+    (0 when caught up, or when another projector holds the checkpoint: at once, or with ``wait``
+    after waiting up to ``CHECKPOINT_WAIT`` for it)."""
+    try:
+        return _fold_next_slice(shard, projection, slice_positions=slice_positions, wait=wait)
+    except OperationalError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+            return 0  # another run kept it longer than a slice should take; it is making progress
+        raise
+
+
+def _fold_next_slice(shard: str, projection: Projection, *, slice_positions: int, wait: bool) -> int:
     with transaction.atomic(using=shard), connections[shard].cursor() as cursor:
-        checkpoint = _checkpoint_for_update(cursor, projection.name)
+        checkpoint = _checkpoint_for_update(cursor, projection.name, wait=wait)
         if checkpoint is None:
             return 0
         head = head_position(cursor)
@@ -105,7 +130,7 @@ def project_shard(shard: str, *, projections: list[Projection] | None = None, ti
     while pending and time.monotonic() < deadline:
         still_behind = []
         for projection in pending:
-            step = project_slice(shard, projection)
+            step = project_slice(shard, projection, wait=True)
             advanced += step
             if step:
                 still_behind.append(projection)

@@ -14,22 +14,29 @@ from readmodels.repair import repair_shard
 
 PROJECT_TASK = "readmodels.project_shard"
 REPAIR_TASK = "readmodels.repair_shard"
-# One trigger per shard per this many seconds and process; the projector it starts runs until the log
-# is drained, and beat's ``project_all`` catches any tail a skipped trigger left.
+# At most one trigger per shard per this many seconds and process. A batch applied inside the window
+# gets a trigger delayed to the window's end (trailing edge), so every applied batch is followed by a
+# projector run that starts after its commit; beat's ``project_all`` is only the safety net.
 TRIGGER_INTERVAL_SECONDS = 0.25
 
-_last_trigger: dict[str, float] = {}
+# shard → when the latest trigger sent (or scheduled) by this process runs.
+_next_run: dict[str, float] = {}
 _trigger_lock = threading.Lock()
 
 
 def request_projection(shard: str) -> None:
-    """Ask for a projector run on ``shard`` soon, unless this process asked very recently."""
+    """Ask for a projector run on ``shard`` that starts after now: at once, or at the end of the
+    current debounce window if one was already asked for."""
     now = time.monotonic()
     with _trigger_lock:
-        if now - _last_trigger.get(shard, 0.0) < TRIGGER_INTERVAL_SECONDS:
-            return
-        _last_trigger[shard] = now
-    current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True)
+        scheduled = _next_run.get(shard, -TRIGGER_INTERVAL_SECONDS)
+        if scheduled >= now:
+            return  # a run not started yet will see this batch
+        # The trailing run: one interval after the last one, or now if that is already past.
+        run_at = max(now, scheduled + TRIGGER_INTERVAL_SECONDS)
+        _next_run[shard] = run_at
+    countdown = run_at - now
+    current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True, countdown=countdown or None)
 
 
 @shared_task(name=PROJECT_TASK, ignore_result=True)

@@ -8,16 +8,20 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from django.db import connections
 
 from writes.apply import apply_batch
 
 
-def event_message(tenant_id: uuid.UUID, events: Iterable[tuple[str, datetime]]) -> list:
+def event_message(tenant_id: uuid.UUID, events: Iterable[tuple[str, datetime]]) -> list[Any]:
     """One message's groups: a group of events (name, occurred_at) for one tenant."""
     received = datetime.now(UTC).isoformat()
-    rows = [[str(uuid.uuid4()), name, json.dumps({"n": i}), occurred.isoformat()] for i, (name, occurred) in enumerate(events)]
+    rows = [
+        [str(uuid.uuid4()), name, json.dumps({"n": i}), occurred.isoformat()]
+        for i, (name, occurred) in enumerate(events)
+    ]
     return [[str(tenant_id), "event", received, rows]]
 
 
@@ -25,7 +29,7 @@ def apply_events(shard: str, tenant_id: uuid.UUID, events: Iterable[tuple[str, d
     return apply_batch(shard=shard, groups=event_message(tenant_id, events)).applied
 
 
-def expected_counts(shard: str, grain: str) -> Counter:
+def expected_counts(shard: str, grain: str) -> Counter[tuple[Any, ...]]:
     """(tenant_id, name, bucket) → count, straight from the log."""
     with connections[shard].cursor() as cursor:
         cursor.execute(
@@ -36,7 +40,7 @@ def expected_counts(shard: str, grain: str) -> Counter:
         return Counter({(t, n, b): c for t, n, b, c in cursor.fetchall()})
 
 
-def stored_counts(shard: str, table: str) -> Counter:
+def stored_counts(shard: str, table: str) -> Counter[tuple[Any, ...]]:
     with connections[shard].cursor() as cursor:
         cursor.execute(f"SELECT tenant_id, name, bucket, count FROM {table}")
         return Counter({(t, n, b): c for t, n, b, c in cursor.fetchall()})

@@ -23,8 +23,8 @@ START = datetime(2026, 1, 10, tzinfo=UTC)
 
 def test_stats_equal_exact_counts_after_events_flow_through_the_worker(live_worker):
     tenant = make_tenant("e2e-stats")
-    expected_hourly: Counter = Counter()
-    expected_daily: Counter = Counter()
+    expected_hourly: Counter[tuple[str, str]] = Counter()
+    expected_daily: Counter[tuple[str, str]] = Counter()
     last_ids = []
     for start in range(0, EVENTS, BATCH):
         batch = []

@@ -9,6 +9,7 @@ applier and projector do not.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -58,7 +59,9 @@ def slow_commits():
 def _set_slow_commit(seconds: float) -> None:
     with connections[SHARD].cursor() as cursor:
         # Database-wide, so the appliers' own connections (opened later) see it.
-        cursor.execute(f"ALTER DATABASE {connections[SHARD].settings_dict['NAME']} SET test.slow_commit_seconds = '{seconds}'")
+        cursor.execute(
+            f"ALTER DATABASE {connections[SHARD].settings_dict['NAME']} SET test.slow_commit_seconds = '{seconds}'"
+        )
 
 
 def sequence_value() -> int:
@@ -115,13 +118,14 @@ class NaiveReader:
         self.checkpoint = 0
         self.seen: list[int] = []
 
-    def poll(self) -> None:
+    def poll(self) -> int:
         with connections[SHARD].cursor() as cursor:
             cursor.execute("SELECT position FROM write_log WHERE position > %s ORDER BY position", [self.checkpoint])
             found = [p for (p,) in cursor.fetchall()]
         if found:
             self.seen.extend(found)
             self.checkpoint = found[-1]
+        return len(found)
 
 
 class RecordingProjection:
@@ -137,7 +141,7 @@ class RecordingProjection:
         self.seen.extend(row.position for row in rows)
 
 
-def slow_then_fast(append: Callable[..., None], poll: Callable[[], None]) -> None:
+def slow_then_fast(append: Callable[..., None], poll: Callable[[], int]) -> None:
     """A's transaction takes its positions, then sleeps in COMMIT; B appends after it (higher
     positions) and commits at once (naive) or waits for A (append lock); the reader polls throughout."""
     tenant_id = uuid.uuid4()
@@ -154,7 +158,8 @@ def slow_then_fast(append: Callable[..., None], poll: Callable[[], None]) -> Non
         time.sleep(0.01)
     slow.join()
     fast.join()
-    poll()
+    while poll():  # until caught up
+        pass
 
 
 def test_naive_reader_over_plain_sequence_skips_a_late_commit(slow_commits):
@@ -187,7 +192,7 @@ def test_projector_sees_every_row_once_under_many_concurrent_appliers(slow_commi
         for b in range(batches):
             real_append(tenant_id, events(25, slow=(b + number) % 3 == 0))
 
-    threads = [in_thread(lambda n=n: applier(n)) for n in range(appliers)]
+    threads = [in_thread(functools.partial(applier, n)) for n in range(appliers)]
     while any(t.is_alive() for t in threads):
         project_slice(SHARD, probe, slice_positions=40)
         time.sleep(0.002)

@@ -55,7 +55,7 @@ def test_admin_shows_read_models_checkpoints_and_repair_runs_read_only():
     repair_projection(shard=SHARD, projection=EventCounts())
     User.objects.create_superuser("root", "root@example.com", "pw")
     client = Client()
-    client.login(username="root", password="pw")  # noqa: S106
+    client.login(username="root", password="pw")
     for model, text in [
         ("eventcounthourly", "admin_evt"),
         ("eventcountdaily", "admin_evt"),

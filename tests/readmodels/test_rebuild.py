@@ -28,12 +28,16 @@ BASE = datetime(2026, 2, 1, tzinfo=UTC)
 
 def load(tenant_id: uuid.UUID, batches: int, per_batch: int = 100) -> None:
     for b in range(batches):
-        apply_events(SHARD, tenant_id, [(f"n{i % 6}", BASE + timedelta(minutes=13 * i + 1000 * b)) for i in range(per_batch)])
+        apply_events(
+            SHARD, tenant_id, [(f"n{i % 6}", BASE + timedelta(minutes=13 * i + 1000 * b)) for i in range(per_batch)]
+        )
 
 
 def index_names(table: str) -> set[str]:
     with connections[SHARD].cursor() as cursor:
-        cursor.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s", [table])
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s", [table]
+        )
         return {name for (name,) in cursor.fetchall()}
 
 
@@ -100,7 +104,9 @@ def test_rebuild_keeps_writes_that_arrive_while_it_runs():
     rebuild_projection(shard=SHARD, projection=EventCounts(), slice_positions=250, progress=write_and_project_meanwhile)
     project_shard(SHARD)
     assert_counts_exact(SHARD)
-    assert ProjectionCheckpoint.objects.using(SHARD).get(projection="event_counts").position == max(log_positions(SHARD))
+    assert ProjectionCheckpoint.objects.using(SHARD).get(projection="event_counts").position == max(
+        log_positions(SHARD)
+    )
 
 
 def test_rebuild_command_repairs_a_corrupted_projection():

@@ -3,11 +3,13 @@ while writes and the projector keep going."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +20,7 @@ from django.utils import timezone
 from readmodels.models import RepairRun
 from readmodels.projections.events import EventCounts
 from readmodels.projector import project_shard
-from readmodels.repair import repair_projection
+from readmodels.repair import RepairOutcome, repair_projection
 from tests.conftest import ALL_DATABASES
 from tests.readmodels.helpers import apply_events, assert_counts_exact, expected_counts
 
@@ -104,7 +106,7 @@ def test_repair_concurrent_with_ingestion_and_projector_ends_exact():
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def guarded(work):
+    def guarded(work: Callable[[], None]) -> threading.Thread:
         def run() -> None:
             try:
                 work()
@@ -124,13 +126,15 @@ def test_repair_concurrent_with_ingestion_and_projector_ends_exact():
             project_shard(SHARD)
             time.sleep(0.005)
 
-    writers = [guarded(lambda t=t, o=o: ingest(t, o)) for o, t in enumerate(tenant_ids)]
+    writers = [guarded(functools.partial(ingest, t, o)) for o, t in enumerate(tenant_ids)]
     projector = guarded(project)
     for thread in [*writers, projector]:
         thread.start()
-    runs = []
+    runs: list[RepairOutcome] = []
     while any(w.is_alive() for w in writers) or len(runs) < 3:
-        runs.append(repair_projection(shard=SHARD, projection=EventCounts(), since=timezone.now() - timedelta(hours=24)))
+        runs.append(
+            repair_projection(shard=SHARD, projection=EventCounts(), since=timezone.now() - timedelta(hours=24))
+        )
     for writer in writers:
         writer.join()
     stop.set()

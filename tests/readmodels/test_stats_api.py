@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def stats(tenant, **params):
+def stats(tenant: Any, **params: Any) -> Any:
     return tenant.get("/api/v1/stats/events", **params)
 
 
@@ -72,12 +73,16 @@ def test_stats_report_lag_and_time_out_waiting_for_a_position_not_reached():
     tenant = make_tenant("stats-lag")
     seed(tenant)
     apply_events(tenant.shard, tenant.tenant.id, [("late", DAY)])  # applied, not projected yet
-    body = stats(tenant, interval="day", start="2026-03-01", end="2026-03-05", min_position="999999999", wait="0.2").json()
+    body = stats(
+        tenant, interval="day", start="2026-03-01", end="2026-03-05", min_position="999999999", wait="0.2"
+    ).json()
     assert body["timed_out"] is True
     assert body["min_position"] == 999999999
     assert body["lag_seconds"] >= 0
     assert {b["name"] for b in body["buckets"]} == {"login", "signup"}  # what it has, without "late"
-    reached = stats(tenant, interval="day", start="2026-03-01", end="2026-03-05", min_position=str(body["as_of"]["position"]))
+    reached = stats(
+        tenant, interval="day", start="2026-03-01", end="2026-03-05", min_position=str(body["as_of"]["position"])
+    )
     assert reached.json()["timed_out"] is False
 
 
