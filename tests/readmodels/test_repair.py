@@ -21,6 +21,7 @@ from readmodels.models import RepairRun
 from readmodels.projections.events import EventCounts
 from readmodels.projector import project_shard
 from readmodels.repair import RepairOutcome, repair_projection
+from readmodels.tasks import repair_shard_task
 from tests.conftest import ALL_DATABASES
 from tests.readmodels.helpers import apply_events, assert_counts_exact, expected_counts
 
@@ -160,3 +161,12 @@ def test_repair_skips_a_projection_without_repair_support():
     result = repair_projection(shard=SHARD, projection=CountsOnly())
     assert result.outcome == "skipped"
     assert "does not support repair" in result.message
+
+
+def test_repair_beat_task_repairs_every_projection_of_its_shard():
+    tenant_id = uuid.uuid4()
+    load(tenant_id, 50)
+    project_shard(SHARD)
+    corrupt(tenant_id)
+    assert repair_shard_task(SHARD) == {"drift_found": 3, "drift_fixed": 3}
+    assert_counts_exact(SHARD)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from django.db import connections
 
 from readmodels.projections import LogRow, Projection
 from readmodels.projections.events import EventCounts
-from readmodels.projector import SLICE_POSITIONS, project_shard
+from readmodels.projector import SLICE_POSITIONS, freshness, project_shard
 from writes.apply import apply_batch
 
 SCRATCH_ALIAS = "projector_bench"
@@ -95,7 +96,10 @@ class Command(BaseCommand):
             f"applier   {result['applier_rows_per_second']:>10,.0f} rows/s  "
             f"({result['rows']:,} rows in batches of {result['batch']:,}, one process)\n"
             f"projector {result['projector_rows_per_second']:>10,.0f} rows/s  (server-side aggregate per slice)\n"
-            f"projector {result['row_path_rows_per_second']:>10,.0f} rows/s  (rows fetched and aggregated in Python)"
+            f"projector {result['row_path_rows_per_second']:>10,.0f} rows/s  (rows fetched and aggregated in Python)\n"
+            f"together: applier {result['live_applier_rows_per_second']:,.0f} rows/s while the projector follows; "
+            f"at most {result['live_max_positions_behind']:,} positions behind, caught up "
+            f"{result['live_caught_up_seconds_after_last_batch']:.3f}s after the last batch"
         )
 
     def _run(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +126,7 @@ class Command(BaseCommand):
                 counted = int(cursor.fetchone()[0])
             if counted != rows:
                 raise AssertionError(f"{projection.name} counted {counted} events, the log holds {rows}")
+        live = self._live(options, spread)
         fast: Projection = EventCounts()
         return {
             "rows": rows,
@@ -131,4 +136,45 @@ class Command(BaseCommand):
             "applier_rows_per_second": round(rows / applied_in),
             "projector_rows_per_second": round(rows / timings[fast.name]),
             "row_path_rows_per_second": round(rows / timings["event_counts_rows"]),
+            **live,
+        }
+
+    def _live(self, options: dict[str, Any], spread: int) -> dict[str, Any]:
+        """The applier and the projector at the same time (as in production), on as many new rows:
+        how far behind the projector falls, and how soon after the last batch it has caught up."""
+        groups = _groups(
+            options["rows"], options["batch"], options["tenants"], options["names"], spread, options["seed"] + 1
+        )
+        applying = threading.Event()
+        applying.set()
+        max_behind = 0
+        caught_up_at = 0.0
+
+        def follow() -> None:
+            nonlocal max_behind, caught_up_at
+            try:
+                while True:
+                    with connections[SCRATCH_ALIAS].cursor() as cursor:
+                        behind = freshness(cursor, EventCounts.name).behind
+                    max_behind = max(max_behind, behind)
+                    if not applying.is_set() and behind == 0:
+                        caught_up_at = time.perf_counter()
+                        return
+                    if not project_shard(SCRATCH_ALIAS, projections=[EventCounts()], time_budget=3600.0):
+                        time.sleep(0.005)
+            finally:
+                connections.close_all()
+
+        projector = threading.Thread(target=follow)
+        projector.start()
+        started = time.perf_counter()
+        for message in groups:
+            apply_batch(shard=SCRATCH_ALIAS, groups=message)
+        applied_at = time.perf_counter()
+        applying.clear()
+        projector.join()
+        return {
+            "live_applier_rows_per_second": round(options["rows"] / (applied_at - started)),
+            "live_max_positions_behind": max_behind,
+            "live_caught_up_seconds_after_last_batch": round(max(0.0, caught_up_at - applied_at), 3),
         }
