@@ -130,7 +130,8 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance"
 CELERY_TASK_DEFAULT_EXCHANGE = env("WRITES_QUEUE_PREFIX", "writes")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    # The projector also runs after every applied batch; this catches whatever a debounce skipped.
+    # The projector also runs after every applied batch; this is the safety net (e.g. for a trigger
+    # that could not be sent).
     "project-all": {"task": "readmodels.project_all", "schedule": env_float("PROJECT_ALL_EVERY_SECONDS", 5.0)},
     # Recompute the recent window of every projection from the log and fix any drift.
     "repair-all": {"task": "readmodels.repair_all", "schedule": env_float("REPAIR_ALL_EVERY_SECONDS", 3600.0)},

@@ -3,6 +3,7 @@ repair (from beat)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -11,6 +12,8 @@ from django.conf import settings
 
 from readmodels.projector import project_shard
 from readmodels.repair import repair_shard
+
+logger = logging.getLogger(__name__)
 
 PROJECT_TASK = "readmodels.project_shard"
 REPAIR_TASK = "readmodels.repair_shard"
@@ -36,7 +39,12 @@ def request_projection(shard: str) -> None:
         run_at = max(now, scheduled + TRIGGER_INTERVAL_SECONDS)
         _next_run[shard] = run_at
     countdown = run_at - now
-    current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True, countdown=countdown or None)
+    try:
+        current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True, countdown=countdown or None)
+    except Exception:  # the batch is applied; failing its task now would only redeliver it. Beat catches up.
+        logger.warning("shard %s: could not trigger the projector; beat will", shard, exc_info=True)
+        with _trigger_lock:
+            _next_run[shard] = now - TRIGGER_INTERVAL_SECONDS
 
 
 @shared_task(name=PROJECT_TASK, ignore_result=True)
