@@ -1,8 +1,10 @@
-"""Gap safety: with several appliers on one shard, some committing slowly, the projector never moves
-its checkpoint past a row that commits later.
+"""Gap safety: with several appliers on one shard, some committing late, the projector never moves its
+checkpoint past a row that commits later.
 
-A deferred trigger makes chosen transactions sleep inside COMMIT, after their rows got positions: the
-window in which a plain sequence lets a later transaction commit first. The naive reader
+A deferred trigger holds chosen transactions inside COMMIT, after their rows got their positions: the
+window in which a plain sequence lets a later transaction commit first. Rows keyed ``gated-commit``
+wait until the test opens a gate (an advisory lock it holds), so the interleaving is forced, not timed;
+rows keyed ``slow-commit`` sleep a little, for the many-appliers run. The naive reader
 (``position > checkpoint`` over a plain sequence, no append lock) loses rows in that window; the real
 applier and projector do not.
 """
@@ -13,7 +15,8 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,43 +32,58 @@ from writes.apply import apply_batch
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 SHARD = "shard_0"
-SLOW_KEY = "slow-commit"
+GATE_KEY = 0x6741_5445  # "gATE"
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
-_SLOW_COMMIT = """
-CREATE OR REPLACE FUNCTION test_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+_LATE_COMMIT = f"""
+CREATE OR REPLACE FUNCTION test_late_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.key = 'slow-commit' THEN PERFORM pg_sleep(current_setting('test.slow_commit_seconds')::float); END IF;
+    IF NEW.key = 'gated-commit' THEN PERFORM pg_advisory_xact_lock({GATE_KEY}); END IF;
+    IF NEW.key = 'slow-commit' THEN PERFORM pg_sleep(0.03); END IF;
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS test_slow_commit ON write_log;
-CREATE CONSTRAINT TRIGGER test_slow_commit AFTER INSERT ON write_log
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_slow_commit();
+DROP TRIGGER IF EXISTS test_late_commit ON write_log;
+CREATE CONSTRAINT TRIGGER test_late_commit AFTER INSERT ON write_log
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_late_commit();
 """
 
+ERRORS: list[BaseException] = []
 
-@pytest.fixture
-def slow_commits():
-    """Rows keyed ``slow-commit`` make their transaction sleep inside COMMIT (positions already taken)."""
+
+@pytest.fixture(autouse=True)
+def late_commits() -> Iterator[None]:
+    ERRORS.clear()
     with connections[SHARD].cursor() as cursor:
-        cursor.execute(_SLOW_COMMIT)
-    yield lambda seconds: _set_slow_commit(seconds)
+        cursor.execute(_LATE_COMMIT)
+    yield
     with connections[SHARD].cursor() as cursor:
-        cursor.execute("DROP TRIGGER IF EXISTS test_slow_commit ON write_log")
-        cursor.execute("DROP FUNCTION IF EXISTS test_slow_commit()")
-        cursor.execute("ALTER DATABASE " + connections[SHARD].settings_dict["NAME"] + " RESET test.slow_commit_seconds")
+        cursor.execute("DROP TRIGGER IF EXISTS test_late_commit ON write_log")
+        cursor.execute("DROP FUNCTION IF EXISTS test_late_commit()")
+    assert not ERRORS, ERRORS
 
 
-def _set_slow_commit(seconds: float) -> None:
+@contextmanager
+def gate_closed() -> Iterator[None]:
+    """While inside, ``gated-commit`` transactions wait in COMMIT."""
     with connections[SHARD].cursor() as cursor:
-        # Database-wide, so the appliers' own connections (opened later) see it.
-        cursor.execute(
-            f"ALTER DATABASE {connections[SHARD].settings_dict['NAME']} SET test.slow_commit_seconds = '{seconds}'"
-        )
+        cursor.execute("SELECT pg_advisory_lock(%s)", [GATE_KEY])
+    try:
+        yield
+    finally:
+        with connections[SHARD].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [GATE_KEY])
 
 
-def sequence_value() -> int:
-    """Positions handed out so far: sequences are not transactional, so this sees uncommitted ones."""
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert not ERRORS, ERRORS
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def positions_handed_out() -> int:
+    """Sequences are not transactional: this sees positions of rows not committed yet."""
     with connections[SHARD].cursor() as cursor:
         cursor.execute("SELECT pg_get_serial_sequence('write_log', 'position')")
         (sequence,) = cursor.fetchone()
@@ -73,7 +91,12 @@ def sequence_value() -> int:
         return int(cursor.fetchone()[0])
 
 
-ERRORS: list[BaseException] = []
+def sessions_waiting_on_locks() -> int:
+    with connections[SHARD].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(cursor.fetchone()[0])
 
 
 def in_thread(work: Callable[[], Any]) -> threading.Thread:
@@ -82,7 +105,6 @@ def in_thread(work: Callable[[], Any]) -> threading.Thread:
             work()
         except BaseException as exc:  # surfaced by the test, not lost in the thread
             ERRORS.append(exc)
-            raise
         finally:
             connections.close_all()
 
@@ -91,8 +113,8 @@ def in_thread(work: Callable[[], Any]) -> threading.Thread:
     return thread
 
 
-def events(n: int, *, slow: bool = False) -> list[tuple[str, datetime]]:
-    return [(SLOW_KEY if slow and i == 0 else "page_view", NOW) for i in range(n)]
+def events(n: int, *, late: str | None = None) -> list[tuple[str, datetime]]:
+    return [(late if late and i == 0 else "page_view", NOW) for i in range(n)]
 
 
 def naive_append(tenant_id: uuid.UUID, batch: list[tuple[str, datetime]]) -> None:
@@ -141,48 +163,52 @@ class RecordingProjection:
         self.seen.extend(row.position for row in rows)
 
 
-def slow_then_fast(append: Callable[..., None], poll: Callable[[], int]) -> None:
-    """A's transaction takes its positions, then sleeps in COMMIT; B appends after it (higher
-    positions) and commits at once (naive) or waits for A (append lock); the reader polls throughout."""
-    tenant_id = uuid.uuid4()
-    before = sequence_value()
-    slow = in_thread(lambda: append(tenant_id, events(10, slow=True)))
-    deadline = time.monotonic() + 10
-    while sequence_value() < before + 10:  # A has its positions and is committing
-        assert not ERRORS, ERRORS
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    fast = in_thread(lambda: append(tenant_id, events(10)))
-    while slow.is_alive() or fast.is_alive():
-        poll()
-        time.sleep(0.01)
-    slow.join()
-    fast.join()
-    while poll():  # until caught up
+def catch_up(poll: Callable[[], int]) -> None:
+    while poll():
         pass
 
 
-def test_naive_reader_over_plain_sequence_skips_a_late_commit(slow_commits):
-    """The failure the projector must not have: shows this test set-up detects it."""
-    slow_commits(0.5)
+def test_naive_reader_over_plain_sequence_skips_a_late_commit():
+    """The failure the projector must not have, forced step by step: shows this set-up detects it."""
+    tenant_id = uuid.uuid4()
     reader = NaiveReader()
-    slow_then_fast(naive_append, reader.poll)
+    start = positions_handed_out()
+    with gate_closed():
+        first = in_thread(lambda: naive_append(tenant_id, events(10, late="gated-commit")))
+        wait_until(lambda: positions_handed_out() >= start + 10, "the first has its positions")
+        second = in_thread(lambda: naive_append(tenant_id, events(10)))
+        second.join()  # commits at once, above the first's uncommitted positions
+        catch_up(reader.poll)
+    first.join()
+    catch_up(reader.poll)
+
     all_positions = log_positions(SHARD)
     assert len(all_positions) == 20
-    assert sorted(reader.seen) != all_positions
-    assert len(reader.seen) == 10  # B's rows only: A's committed below the checkpoint and were never read
+    assert len(reader.seen) == 10  # the second's rows only ...
+    assert min(reader.seen) > max(set(all_positions) - set(reader.seen))  # ... the first's were skipped for good
 
 
-def test_projector_never_skips_a_late_commit(slow_commits):
-    slow_commits(0.5)
+def test_projector_never_skips_a_late_commit():
+    tenant_id = uuid.uuid4()
     probe = RecordingProjection()
-    slow_then_fast(real_append, lambda: project_slice(SHARD, probe))
+    start = positions_handed_out()
+    with gate_closed():
+        first = in_thread(lambda: real_append(tenant_id, events(10, late="gated-commit")))
+        wait_until(lambda: positions_handed_out() >= start + 10, "the first has its positions")
+        second = in_thread(lambda: real_append(tenant_id, events(10)))
+        # The second waits for the append lock the first holds to its COMMIT.
+        wait_until(lambda: sessions_waiting_on_locks() >= 2, "both appliers wait")
+        catch_up(lambda: project_slice(SHARD, probe))
+        assert probe.seen == []
+    first.join()
+    second.join()
+    catch_up(lambda: project_slice(SHARD, probe))
+
     assert probe.seen == log_positions(SHARD)
     assert len(probe.seen) == 20
 
 
-def test_projector_sees_every_row_once_under_many_concurrent_appliers(slow_commits):
-    slow_commits(0.03)
+def test_projector_sees_every_row_once_under_many_concurrent_appliers():
     probe = RecordingProjection()
     appliers = 4
     batches = 12
@@ -190,7 +216,7 @@ def test_projector_sees_every_row_once_under_many_concurrent_appliers(slow_commi
     def applier(number: int) -> None:
         tenant_id = uuid.uuid4()
         for b in range(batches):
-            real_append(tenant_id, events(25, slow=(b + number) % 3 == 0))
+            real_append(tenant_id, events(25, late="slow-commit" if (b + number) % 3 == 0 else None))
 
     threads = [in_thread(functools.partial(applier, n)) for n in range(appliers)]
     while any(t.is_alive() for t in threads):
@@ -198,8 +224,8 @@ def test_projector_sees_every_row_once_under_many_concurrent_appliers(slow_commi
         time.sleep(0.002)
     for thread in threads:
         thread.join()
-    while project_slice(SHARD, probe, slice_positions=40):
-        pass
+    catch_up(lambda: project_slice(SHARD, probe, slice_positions=40))
+
     positions = log_positions(SHARD)
     assert len(positions) == appliers * batches * 25
     assert probe.seen == positions  # every row, once, in position order
