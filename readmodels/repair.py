@@ -85,17 +85,15 @@ def repair_projection(*, shard: str, projection: Projection, since: datetime | N
     clock = time.monotonic()
     repairable = repair_support(projection)
 
-    def finish(
-        outcome: str, message: str, checkpoint: int | None = None, checked: int = 0, found: int = 0
-    ) -> RepairOutcome:
-        return RepairOutcome(projection.name, shard, outcome, since, checkpoint, checked, found, 0,
-                             round(time.monotonic() - clock, 3), message)  # fmt: skip
+    def skipped(message: str) -> RepairOutcome:
+        duration = round(time.monotonic() - clock, 3)
+        return RepairOutcome(projection.name, shard, RepairRun.Outcome.SKIPPED, since, None, 0, 0, 0, duration, message)
 
     if repairable is None:
-        return finish(RepairRun.Outcome.SKIPPED, "this projection does not support repair (no find_drift/fix_drift)")
+        return skipped("this projection does not support repair (no find_drift/fix_drift)")
     with maintenance_lock(shard, projection.name) as acquired:
         if not acquired:
-            result = finish(RepairRun.Outcome.SKIPPED, "another repair or rebuild of this projection is running")
+            result = skipped("another repair or rebuild of this projection is running")
             _record(result, started_at)
             return result
         with transaction.atomic(using=shard), connections[shard].cursor() as cursor:

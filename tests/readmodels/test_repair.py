@@ -20,7 +20,7 @@ from django.utils import timezone
 from readmodels.models import RepairRun
 from readmodels.projections.events import EventCounts
 from readmodels.projector import project_shard
-from readmodels.repair import RepairOutcome, repair_projection
+from readmodels.repair import RepairOutcome, maintenance_lock, repair_projection
 from readmodels.tasks import repair_shard_task
 from tests.conftest import ALL_DATABASES
 from tests.readmodels.helpers import apply_events, assert_counts_exact, expected_counts
@@ -170,3 +170,28 @@ def test_repair_beat_task_repairs_every_projection_of_its_shard():
     corrupt(tenant_id)
     assert repair_shard_task(SHARD) == {"drift_found": 3, "drift_fixed": 3}
     assert_counts_exact(SHARD)
+
+
+def test_repair_is_skipped_and_recorded_while_another_repair_or_rebuild_holds_the_projection():
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with maintenance_lock(SHARD, "event_counts") as acquired:
+                assert acquired
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        result = repair_projection(shard=SHARD, projection=EventCounts())
+    finally:
+        release.set()
+        holder.join()
+    assert result.outcome == "skipped"
+    assert "another repair or rebuild" in result.message
+    assert RepairRun.objects.using(SHARD).get().outcome == "skipped"
