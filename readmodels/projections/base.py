@@ -20,7 +20,8 @@ Two optional extensions (a projection without them keeps working; the commands s
   index names) in a shadow schema and replays the log from position 0 into them by calling ``apply``
   with ``search_path`` set to the shadow schema first. So ``apply`` (and ``fold_range``) must refer to
   their tables by unqualified name and keep no state outside those tables. The tables are then swapped
-  in one transaction.
+  in one transaction. Foreign keys are not copied (read-model tables should not need them), and a
+  table also written outside the projector (e.g. by the applier) must not be listed.
 
 And one optional fast path: ``fold_range(cursor, after, upto)`` folds the log rows at positions
 ``after < p <= upto`` without shipping them to Python, when the deltas are a plain SQL aggregate. The
