@@ -3,6 +3,7 @@ with the data and how fresh it is."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,9 +39,13 @@ class StatsQuery:
     wait: float
 
 
+# An unencoded "+" in a query string arrives as a space: "…T10:00:00 02:00" meant "+02:00".
+_SPACE_FOR_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
+
+
 def _moment(raw: str, field: str, errors: dict[str, str]) -> datetime | None:
     try:
-        parsed = datetime.fromisoformat(raw)
+        parsed = datetime.fromisoformat(_SPACE_FOR_PLUS.sub(r"\1+\2", raw.strip()))
     except ValueError:
         errors[field] = "An ISO 8601 date or date-time, e.g. 2026-01-31T13:00:00Z."
         return None

@@ -61,6 +61,14 @@ def test_stats_daily_buckets_for_every_name_and_start_rounds_down_to_its_bucket(
     ]
 
 
+def test_stats_accept_an_offset_whose_plus_arrived_as_a_space():
+    tenant = make_tenant("stats-plus")
+    seed(tenant)
+    body = stats(tenant, interval="hour", name="login", start="2026-03-01T06:00:00 02:00", end="2026-03-02").json()
+    assert body["start"] == "2026-03-01T04:00:00Z"
+    assert body["buckets"] == [{"name": "login", "start": "2026-03-01T05:00:00Z", "count": 4}]
+
+
 def test_stats_are_scoped_to_the_keys_tenant():
     first = make_tenant("stats-first", shard="shard_0")
     seed(first)
