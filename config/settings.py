@@ -131,8 +131,11 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance"
 CELERY_TASK_DEFAULT_EXCHANGE = env("WRITES_QUEUE_PREFIX", "writes")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    # The projector also runs after every applied batch; this catches whatever a debounce skipped.
+    # The projector also runs after every applied batch; this is the safety net (e.g. for a trigger
+    # that could not be sent).
     "project-all": {"task": "readmodels.project_all", "schedule": env_float("PROJECT_ALL_EVERY_SECONDS", 5.0)},
+    # Recompute the recent window of every projection from the log and fix any drift.
+    "repair-all": {"task": "readmodels.repair_all", "schedule": env_float("REPAIR_ALL_EVERY_SECONDS", 3600.0)},
 }
 
 # --- The write path ------------------------------------------------------------------------
@@ -151,6 +154,12 @@ WRITES_MAX_BATCH_ITEMS = 10_000
 WRITES_MAX_BODY_BYTES = 5 * 1024 * 1024
 WRITES_STATUS_MAX_WAIT_SECONDS = 30
 DATA_UPLOAD_MAX_MEMORY_SIZE = WRITES_MAX_BODY_BYTES + 1
+
+# --- The read side -------------------------------------------------------------------------
+# Repair (beat and `manage.py repair` without --since) recomputes this many hours back from now.
+READMODELS_REPAIR_WINDOW_HOURS = env_int("READMODELS_REPAIR_WINDOW_HOURS", 48)
+# Upper bound of a read's ?wait= for ?min_position= (read-your-own-write).
+READMODELS_MAX_WAIT_SECONDS = 30
 
 # --- HTTP API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

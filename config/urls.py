@@ -10,6 +10,7 @@ from writes.api import views as write_views
 
 urlpatterns = [
     path("api/v1/", include("writes.api.urls")),
+    path("api/v1/", include("readmodels.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", write_views.healthz, name="healthz"),

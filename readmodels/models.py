@@ -26,3 +26,86 @@ class ProjectionCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection} @ {self.position}"
+
+
+class EventCountHourly(models.Model):
+    """How many events of one name a tenant recorded in one UTC hour (by ``occurred_at``)."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    id = models.BigAutoField(primary_key=True)
+    tenant_id = models.UUIDField()
+    name = models.CharField(max_length=200)
+    bucket = models.DateTimeField(help_text="Start of the UTC hour.")
+    count = models.BigIntegerField()
+
+    class Meta:
+        db_table = "event_counts_hourly"
+        ordering = ["-bucket", "name"]
+        verbose_name = "event count (hourly)"
+        verbose_name_plural = "event counts (hourly)"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "name", "bucket"], name="event_counts_hourly_key"),
+        ]
+        indexes = [models.Index(fields=["tenant_id", "bucket"], name="event_counts_hourly_time")]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.bucket:%Y-%m-%d %H}:00 = {self.count}"
+
+
+class EventCountDaily(models.Model):
+    """How many events of one name a tenant recorded in one UTC day (by ``occurred_at``)."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    id = models.BigAutoField(primary_key=True)
+    tenant_id = models.UUIDField()
+    name = models.CharField(max_length=200)
+    bucket = models.DateTimeField(help_text="Start of the UTC day.")
+    count = models.BigIntegerField()
+
+    class Meta:
+        db_table = "event_counts_daily"
+        ordering = ["-bucket", "name"]
+        verbose_name = "event count (daily)"
+        verbose_name_plural = "event counts (daily)"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "name", "bucket"], name="event_counts_daily_key"),
+        ]
+        indexes = [models.Index(fields=["tenant_id", "bucket"], name="event_counts_daily_time")]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.bucket:%Y-%m-%d} = {self.count}"
+
+
+class RepairRun(models.Model):
+    """One repair of one projection on one shard: what it compared, what it found and fixed."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    class Outcome(models.TextChoices):
+        OK = "ok", "ok"
+        SKIPPED = "skipped", "skipped"
+        FAILED = "failed", "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    projection = models.CharField(max_length=64)
+    shard = models.CharField(max_length=64)
+    window_start = models.DateTimeField(null=True, blank=True)
+    # The log position the recomputation read up to: the projection's checkpoint in the same snapshot.
+    checkpoint = models.BigIntegerField(null=True, blank=True)
+    rows_checked = models.BigIntegerField(default=0)
+    drift_found = models.BigIntegerField(default=0)
+    drift_fixed = models.BigIntegerField(default=0)
+    duration_seconds = models.FloatField(default=0.0)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.OK)
+    message = models.TextField(blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "repair_runs"
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.projection} on {self.shard} at {self.started_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"

@@ -1,4 +1,5 @@
-"""Celery tasks of the read side: the projector, after applied batches (debounced) and from beat."""
+"""Celery tasks of the read side: the projector (after applied batches, debounced, and from beat) and
+repair (from beat)."""
 
 from __future__ import annotations
 
@@ -10,31 +11,40 @@ from celery import current_app, shared_task
 from django.conf import settings
 
 from readmodels.projector import project_shard
+from readmodels.repair import repair_shard
 
 logger = logging.getLogger(__name__)
 
 PROJECT_TASK = "readmodels.project_shard"
-# One trigger per shard per this many seconds and process; the projector it starts runs until the log
-# is drained, and beat's ``project_all`` catches any tail a skipped trigger left.
+REPAIR_TASK = "readmodels.repair_shard"
+# At most one trigger per shard per this many seconds and process. A batch applied inside the window
+# gets a trigger delayed to the window's end (trailing edge), so every applied batch is followed by a
+# projector run that starts after its commit; beat's ``project_all`` is only the safety net.
 TRIGGER_INTERVAL_SECONDS = 0.25
 
-_last_trigger: dict[str, float] = {}
+# shard → when the latest trigger sent (or scheduled) by this process runs.
+_next_run: dict[str, float] = {}
 _trigger_lock = threading.Lock()
 
 
 def request_projection(shard: str) -> None:
-    """Ask for a projector run on ``shard`` soon, unless this process asked very recently."""
+    """Ask for a projector run on ``shard`` that starts after now: at once, or at the end of the
+    current debounce window if one was already asked for."""
     now = time.monotonic()
     with _trigger_lock:
-        if now - _last_trigger.get(shard, 0.0) < TRIGGER_INTERVAL_SECONDS:
-            return
-        _last_trigger[shard] = now
+        scheduled = _next_run.get(shard, -TRIGGER_INTERVAL_SECONDS)
+        if scheduled >= now:
+            return  # a run not started yet will see this batch
+        # The trailing run: one interval after the last one, or now if that is already past.
+        run_at = max(now, scheduled + TRIGGER_INTERVAL_SECONDS)
+        _next_run[shard] = run_at
+    countdown = run_at - now
     try:
-        current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True)
-    except Exception:
-        # The batch is committed; failing its task now would dead-letter applied writes. Beat's
-        # project_all runs the projector anyway.
-        logger.warning("could not request a projector run for %s", shard, exc_info=True)
+        current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True, countdown=countdown or None)
+    except Exception:  # the batch is applied; failing its task now would only redeliver it. Beat catches up.
+        logger.warning("shard %s: could not trigger the projector; beat will", shard, exc_info=True)
+        with _trigger_lock:
+            _next_run[shard] = now - TRIGGER_INTERVAL_SECONDS
 
 
 @shared_task(name=PROJECT_TASK, ignore_result=True)
@@ -47,3 +57,20 @@ def project_all_task() -> None:
     """Beat's safety net: a projector run for every shard."""
     for shard in settings.SHARD_ALIASES:
         current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True)
+
+
+@shared_task(name=REPAIR_TASK, ignore_result=True)
+def repair_shard_task(shard: str) -> dict[str, int]:
+    """Repair every projection of one shard over the configured recent window."""
+    outcomes = repair_shard(shard=shard)
+    return {
+        "drift_found": sum(o.drift_found for o in outcomes),
+        "drift_fixed": sum(o.drift_fixed for o in outcomes),
+    }
+
+
+@shared_task(name="readmodels.repair_all", ignore_result=True)
+def repair_all_task() -> None:
+    """Beat: one repair task per shard, so shards are repaired in parallel by whoever is free."""
+    for shard in settings.SHARD_ALIASES:
+        current_app.send_task(REPAIR_TASK, args=[shard], ignore_result=True)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from readmodels.projections.base import LogRow, Projection
+from readmodels.projections.base import (
+    DriftScan,
+    LogRow,
+    Projection,
+    SupportsRebuild,
+    SupportsRepair,
+    rebuild_support,
+    repair_support,
+)
+from readmodels.projections.events import EventCounts
 
-PROJECTIONS: list[Projection] = []
+PROJECTIONS: list[Projection] = [EventCounts()]
 
 
 def projection_named(name: str) -> Projection:
@@ -15,4 +24,14 @@ def projection_named(name: str) -> Projection:
     raise LookupError(f"No projection named {name!r} (known: {known}).")
 
 
-__all__ = ["PROJECTIONS", "LogRow", "Projection", "projection_named"]
+__all__ = [
+    "PROJECTIONS",
+    "DriftScan",
+    "LogRow",
+    "Projection",
+    "SupportsRebuild",
+    "SupportsRepair",
+    "projection_named",
+    "rebuild_support",
+    "repair_support",
+]

@@ -1,0 +1,82 @@
+"""Reads of the read models for the API: each answer in one statement, so the buckets and the
+checkpoint that ``as_of`` reports come from the same snapshot."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from django.db import connections
+
+from readmodels.projections.events import DAILY_TABLE, HOURLY_TABLE, EventCounts
+from readmodels.projector import Freshness, freshness_at
+
+Interval = Literal["hour", "day"]
+
+_BUCKETS = {
+    interval: f"""
+SELECT cp.position, cp.position_applied_at, counts.names, counts.buckets, counts.counts
+FROM (SELECT 1) AS one
+LEFT JOIN projection_checkpoints AS cp ON cp.projection = %(projection)s
+CROSS JOIN (
+    SELECT array_agg(name ORDER BY bucket, name) AS names, array_agg(bucket ORDER BY bucket, name) AS buckets,
+           array_agg(count ORDER BY bucket, name) AS counts
+    FROM {table}
+    WHERE tenant_id = %(tenant_id)s AND bucket >= %(start)s AND bucket < %(end)s
+        AND (%(name)s::text IS NULL OR name = %(name)s::text)
+) AS counts
+"""  # noqa: S608 (table names are constants)
+    for interval, table in (("hour", HOURLY_TABLE), ("day", DAILY_TABLE))
+}
+
+_CHECKPOINT = "SELECT position FROM projection_checkpoints WHERE projection = %s"
+
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    name: str
+    start: datetime
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventCountsRead:
+    buckets: list[Bucket]
+    freshness: Freshness
+
+
+def event_counts(
+    *, shard: str, tenant_id: uuid.UUID, interval: Interval, start: datetime, end: datetime, name: str | None
+) -> EventCountsRead:
+    with connections[shard].cursor() as cursor:
+        params: dict[str, Any] = {
+            "projection": EventCounts.name,
+            "tenant_id": tenant_id,
+            "start": start,
+            "end": end,
+            "name": name,
+        }
+        cursor.execute(_BUCKETS[interval], params)
+        position, at, names, starts, counts = cursor.fetchone()
+        buckets = [Bucket(*values) for values in zip(names or [], starts or [], counts or [], strict=True)]
+        return EventCountsRead(buckets=buckets, freshness=freshness_at(cursor, position or 0, at))
+
+
+def wait_for_position(*, shard: str, projection: str, position: int, timeout: float) -> bool:
+    """Wait until ``projection`` on ``shard`` has read the log up to ``position``; False on timeout."""
+    deadline = time.monotonic() + timeout
+    with connections[shard].cursor() as cursor:
+        while True:
+            cursor.execute(_CHECKPOINT, [projection])
+            found = cursor.fetchone()
+            if found is not None and int(found[0]) >= position:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(POLL_SECONDS, remaining))

@@ -1,0 +1,167 @@
+"""HTTP surface of the read side: thin views that validate parameters, call one selector and answer
+with the data and how fresh it is."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.http import QueryDict
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from readmodels.api import openapi as _components  # noqa: F401 (registers the read API's schemas)
+from readmodels.api.selectors import Interval, event_counts, wait_for_position
+from readmodels.projections.events import EventCounts, day_of, hour_of
+from writes.api import openapi
+from writes.api.views import tenant_of
+
+BUCKET_LENGTH: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+DEFAULT_SPAN: dict[str, timedelta] = {"hour": timedelta(hours=24), "day": timedelta(days=30)}
+MAX_BUCKETS = 10_000
+MAX_NAME_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    interval: Interval
+    start: datetime
+    end: datetime
+    name: str | None
+    min_position: int | None
+    wait: float
+
+
+# An unencoded "+" in a query string arrives as a space: "…T10:00:00 02:00" meant "+02:00".
+_SPACE_FOR_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
+
+
+def _moment(raw: str, field: str, errors: dict[str, str]) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(_SPACE_FOR_PLUS.sub(r"\1+\2", raw.strip()))
+    except ValueError:
+        errors[field] = "An ISO 8601 date or date-time, e.g. 2026-01-31T13:00:00Z."
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_stats_query(params: QueryDict, *, now: datetime) -> StatsQuery:
+    """Every parameter checked at once, so a 400 lists every problem."""
+    errors: dict[str, str] = {}
+    interval = params.get("interval", "hour")
+    if interval not in BUCKET_LENGTH:
+        errors["interval"] = "One of: hour, day."
+        interval = "hour"
+    name = params.get("name") or None
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        errors["name"] = f"At most {MAX_NAME_LENGTH} characters."
+    raw_end, raw_start = params.get("end"), params.get("start")
+    end = _moment(raw_end, "end", errors) if raw_end is not None else now
+    start = _moment(raw_start, "start", errors) if raw_start is not None else None
+    if start is None and end is not None and "start" not in errors:
+        start = end - DEFAULT_SPAN[interval]
+    if start is not None and end is not None:
+        # Whole buckets: the one holding ``start`` is included.
+        start = hour_of(start) if interval == "hour" else day_of(start)
+        if start >= end:
+            errors["end"] = "Must be after start."
+        elif (end - start) / BUCKET_LENGTH[interval] > MAX_BUCKETS:
+            errors["start"] = f"At most {MAX_BUCKETS} {interval}s between start and end."
+    min_position = _non_negative_int(params.get("min_position"), "min_position", errors)
+    wait = _wait(params.get("wait"), errors)
+    if errors:
+        raise ValidationError(errors)
+    assert start is not None
+    assert end is not None
+    return StatsQuery(interval, start, end, name, min_position, wait)  # type: ignore[arg-type]
+
+
+def _non_negative_int(raw: str | None, field: str, errors: dict[str, str]) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        errors[field] = "A log position: a whole number from 0."
+        return None
+    return int(raw)
+
+
+def _wait(raw: str | None, errors: dict[str, str]) -> float:
+    limit = float(settings.READMODELS_MAX_WAIT_SECONDS)
+    if raw is None:
+        return limit
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= limit:
+        errors["wait"] = f"A number of seconds from 0 to {limit:g}."
+        return 0.0
+    return value
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class EventStatsView(APIView):
+    @extend_schema(
+        operation_id="stats_events",
+        summary="Event counts per hour or day",
+        description=(
+            "Counts of the tenant's events per UTC hour or day (by the event's `timestamp`), from the read "
+            "model. `as_of` and `lag_seconds` say how fresh it is. With `min_position=P` (a write's "
+            "`position` from `GET /api/v1/writes/{id}`), waits up to `wait` seconds until the counts "
+            "include that write, then answers; `timed_out` says if they do not yet."
+        ),
+        parameters=[
+            OpenApiParameter("name", str, description="Only this event name (default: every name)."),
+            OpenApiParameter("interval", str, enum=["hour", "day"], description="Bucket size (default hour)."),
+            OpenApiParameter(
+                "start",
+                str,
+                description="ISO 8601; the bucket holding it is the first (default: 24 hours or 30 days before end).",
+            ),
+            OpenApiParameter("end", str, description="ISO 8601, exclusive (default: now)."),
+            OpenApiParameter("min_position", int, description="Wait until the counts include this log position."),
+            OpenApiParameter(
+                "wait", float, description="With min_position: wait at most this long (0 to 30, default 30)."
+            ),
+        ],
+        responses={200: openapi.response_of("EventStats"), **openapi.ERROR_RESPONSES},
+    )
+    def get(self, request: Request) -> Response:
+        query = parse_stats_query(request.query_params, now=timezone.now())
+        tenant = tenant_of(request)
+        timed_out = False
+        if query.min_position is not None:
+            reached = wait_for_position(
+                shard=tenant.shard, projection=EventCounts.name, position=query.min_position, timeout=query.wait
+            )
+            timed_out = not reached
+        read = event_counts(
+            shard=tenant.shard,
+            tenant_id=tenant.tenant_id,
+            interval=query.interval,
+            start=query.start,
+            end=query.end,
+            name=query.name,
+        )
+        body: dict[str, Any] = {
+            "interval": query.interval,
+            "start": _iso(query.start),
+            "end": _iso(query.end),
+            "name": query.name,
+            "buckets": [{"name": b.name, "start": _iso(b.start), "count": b.count} for b in read.buckets],
+            "as_of": {"position": read.freshness.position, "time": _iso(read.freshness.time)},
+            "lag_seconds": read.freshness.lag_seconds,
+            "min_position": query.min_position,
+            "timed_out": timed_out,
+        }
+        return Response(body)
