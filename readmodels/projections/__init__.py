@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from readmodels.projections.base import LogRow, Projection
+from readmodels.projections.chat import ChatProjection
+from readmodels.projections.ledger import LedgerProjection
 
-PROJECTIONS: list[Projection] = []
+PROJECTIONS: list[Projection] = [ChatProjection(), LedgerProjection()]
 
 
 def projection_named(name: str) -> Projection:

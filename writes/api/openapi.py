@@ -12,7 +12,7 @@ import msgspec
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse
 
-from writes.schemas import EventIn
+from writes.schemas import AccountIn, EventIn, MembersIn, MessageIn, ReadIn, TransferIn
 
 REF = "#/components/schemas/{name}"
 
@@ -43,7 +43,84 @@ class WriteStatus(msgspec.Struct):
     rejected_at: datetime | None = None
 
 
-DOCUMENTED: list[type[msgspec.Struct]] = [EventIn, Error, WritesAccepted, WriteStatus]
+class AsOf(msgspec.Struct):
+    position: int
+    applied_at: datetime | None
+
+
+class ConversationOut(msgspec.Struct):
+    conversation_id: str
+    message_count: int
+    member_count: int
+    last_message_at: datetime | None
+    last_sender_id: str
+    preview: str
+    as_of: AsOf
+    lag_seconds: float
+
+
+class MessageOut(msgspec.Struct):
+    id: str
+    seq: int
+    sender_id: str
+    body: str
+    sent_at: datetime
+    position: int
+
+
+class MessagePage(msgspec.Struct):
+    conversation_id: str
+    messages: list[MessageOut]
+    next_after: int
+    has_more: bool
+    as_of: AsOf
+    lag_seconds: float
+
+
+class InboxEntry(msgspec.Struct):
+    conversation_id: str
+    unread_count: int
+    last_read_seq: int
+    last_message_at: datetime | None
+    message_count: int
+    last_sender_id: str
+    preview: str
+
+
+class InboxOut(msgspec.Struct):
+    user_id: str
+    conversations: list[InboxEntry]
+    as_of: AsOf
+    lag_seconds: float
+
+
+class AccountOut(msgspec.Struct):
+    id: str
+    currency: str
+    no_overdraft: bool
+    created_at: datetime
+    balance: int
+    consistency: Literal["strong", "eventual"]
+    as_of: AsOf
+    lag_seconds: float
+    transfer_count: int | None = None
+
+
+DOCUMENTED: list[type[msgspec.Struct]] = [
+    EventIn,
+    Error,
+    WritesAccepted,
+    WriteStatus,
+    MessageIn,
+    MembersIn,
+    ReadIn,
+    TransferIn,
+    AccountIn,
+    ConversationOut,
+    MessagePage,
+    InboxOut,
+    AccountOut,
+]
 
 
 def ref(name: str) -> dict[str, str]:
