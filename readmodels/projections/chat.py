@@ -18,7 +18,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from readmodels.projections.base import LogRow
-from readmodels.projections.checkpoints import checkpoint_for_repair
+from readmodels.projections.checkpoints import checkpoint_for_repair, payload_of
 
 MESSAGE_KIND = "message"
 MEMBER_KIND = "member"
@@ -75,7 +75,7 @@ class ConversationFold:
             self.changed.add(user_id)
 
     def apply(self, row: LogRow) -> None:
-        payload = row.payload
+        payload = payload_of(row)
         summary = self.summary
         if row.kind == MESSAGE_KIND:
             sender = str(payload["sender_id"])

@@ -1,8 +1,15 @@
-"""A projection's checkpoint as repair needs it: locked, so the projector cannot move it meanwhile."""
+"""Helpers shared by the chat and ledger projections: the checkpoint as repair needs it (locked, so
+the projector cannot move it meanwhile) and log payloads as dicts."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import msgspec
+
+from readmodels.projections.base import LogRow
+
+_decode = msgspec.json.Decoder().decode
 
 
 def checkpoint_for_repair(cursor: Any, projection: str) -> int:
@@ -11,3 +18,10 @@ def checkpoint_for_repair(cursor: Any, projection: str) -> int:
     cursor.execute("SELECT position FROM projection_checkpoints WHERE projection = %s FOR UPDATE", [projection])
     found = cursor.fetchone()
     return 0 if found is None else int(found[0])
+
+
+def payload_of(row: LogRow) -> dict[str, Any]:
+    """A log row's payload as a dict. Django's psycopg setup loads ``jsonb`` as text on raw cursors,
+    so the projector's rows may carry the JSON text."""
+    payload: Any = row.payload
+    return payload if isinstance(payload, dict) else dict(_decode(payload))

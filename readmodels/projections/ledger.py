@@ -16,7 +16,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from readmodels.projections.base import LogRow
-from readmodels.projections.checkpoints import checkpoint_for_repair
+from readmodels.projections.checkpoints import checkpoint_for_repair, payload_of
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class LedgerProjection:
     def apply(self, cursor: Any, rows: Sequence[LogRow]) -> None:
         deltas: dict[BalanceKey, list[int]] = defaultdict(lambda: [0, 0])
         for row in rows:
-            payload = row.payload
+            payload = payload_of(row)
             tenant_id, amount, currency = str(row.tenant_id), int(payload["amount"]), str(payload["currency"])
             debit = deltas[(tenant_id, str(payload["debit_account"]), currency)]
             debit[0] -= amount
