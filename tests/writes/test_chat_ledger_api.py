@@ -9,8 +9,8 @@ import pytest
 
 from readmodels.projector import project_shard
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
-from writes.apply import apply_batch
 from writes.api.openapi import DOCUMENTED
+from writes.apply import apply_batch
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
