@@ -86,7 +86,7 @@ def test_transfers_are_validated_against_the_tenants_accounts_at_intake():
     create_account(tenant, "wallet", no_overdraft=True)
     create_account(tenant, "dollars", "USD")
 
-    def item(**changes):
+    def item(**changes: object) -> dict[str, object]:
         return {"id": str(uuid.uuid4()), "debit_account": "equity", "credit_account": "wallet", "amount": 5,
                 "currency": "EUR", **changes}  # fmt: skip
 

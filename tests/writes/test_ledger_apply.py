@@ -102,7 +102,7 @@ def test_transfer_hook_rejects_unknown_accounts_and_currency_mismatches_at_apply
 
 def test_transfer_hook_leaves_events_in_the_same_message_alone(tenant):
     event = [str(uuid.uuid4()), "signup", "{}", NOW]
-    groups = [
+    groups: list[list[object]] = [
         [str(tenant.tenant_id), "event", NOW, [event]],
         group(tenant, [transfer("wallet", "shop", 1)]),
     ]
