@@ -26,20 +26,28 @@ PER_REQUEST = 10
 ROOM = "/api/v1/conversations/room-42"
 
 
-def post_messages(tenant: TenantHandle, numbers: list[int], ids: dict[int, str]) -> None:
+def post_messages(tenant: TenantHandle, numbers: list[int], ids: dict[int, str], failures: list[str]) -> None:
     try:
         for start in range(0, len(numbers), PER_REQUEST):
             chunk = numbers[start : start + PER_REQUEST]
             batch = [{"sender_id": SENDERS[n % len(SENDERS)], "body": f"message {n}"} for n in chunk]
             response = tenant.post_json(f"{ROOM}/messages", {"batch": batch})
-            assert response.status_code == 202, response.content
+            if response.status_code != 202:
+                failures.append(f"{response.status_code}: {response.content!r}")
+                continue
             ids.update(zip(chunk, response.json()["ids"], strict=True))
+    except Exception as exc:  # a thread's exception would otherwise vanish
+        failures.append(repr(exc))
     finally:
         connections.close_all()
 
 
-def post_concurrently(tenant: TenantHandle, numbers: list[int], ids: dict[int, str], clients: int = 4) -> None:
-    threads = [threading.Thread(target=post_messages, args=(tenant, numbers[n::clients], ids)) for n in range(clients)]
+def post_concurrently(tenant: TenantHandle, numbers: list[int], ids: dict[int, str], failures: list[str]) -> None:
+    clients = 4
+    threads = [
+        threading.Thread(target=post_messages, args=(tenant, numbers[n::clients], ids, failures))
+        for n in range(clients)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -70,7 +78,9 @@ def test_chat_unread_counts_read_marks_and_pagination_end_to_end(live_worker):
     assert tenant.get(added["Location"], wait="20").json()["status"] == "applied"
 
     ids: dict[int, str] = {}
-    post_concurrently(tenant, list(range(FIRST_WAVE)), ids)
+    failures: list[str] = []
+    post_concurrently(tenant, list(range(FIRST_WAVE)), ids, failures)
+    assert failures == []
     wait_until(lambda: message_count(tenant) == FIRST_WAVE, timeout=60)
 
     sent_by = Counter(SENDERS[n % len(SENDERS)] for n in range(FIRST_WAVE))
@@ -93,7 +103,7 @@ def test_chat_unread_counts_read_marks_and_pagination_end_to_end(live_worker):
 
     # Page through while a second wave is being applied: every message once, in order.
     writer = threading.Thread(
-        target=post_concurrently, args=(tenant, list(range(FIRST_WAVE, FIRST_WAVE + SECOND_WAVE)), ids)
+        target=post_concurrently, args=(tenant, list(range(FIRST_WAVE, FIRST_WAVE + SECOND_WAVE)), ids, failures)
     )
     writer.start()
     seen: list[dict[str, object]] = []
@@ -107,6 +117,7 @@ def test_chat_unread_counts_read_marks_and_pagination_end_to_end(live_worker):
             project_soon(tenant)
             time.sleep(0.1)
     writer.join()
+    assert failures == []
     assert [m["seq"] for m in seen] == list(range(1, FIRST_WAVE + SECOND_WAVE + 1))
     assert sorted(str(m["id"]) for m in seen) == sorted(ids.values())
     assert unread_of(tenant, reader) == SECOND_WAVE - Counter(SENDERS[n % 5] for n in range(FIRST_WAVE, 400))[reader]
