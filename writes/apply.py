@@ -69,7 +69,8 @@ Rejection = tuple[StagedRow, str, str]
 
 
 class KindDecision(Protocol):
-    #: (tenant_id, write_id) of the rows to leave out of the insert: the rejected ones and redeliveries.
+    #: (tenant_id, write_id), spelled as in the message, of the rows to leave out of the insert: the
+    #: rejected ones and redeliveries.
     drop: set[tuple[str, str]]
     rejected: list[Rejection]
 

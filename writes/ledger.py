@@ -117,7 +117,7 @@ WriteKey = tuple[str, str]  # (tenant_id, write_id)
 @dataclass(frozen=True, slots=True)
 class Transfer:
     row: StagedRow
-    tenant_id: str
+    tenant_id: str  # canonical text, as the database returns it
     write_id: str
     debit: str
     credit: str
@@ -149,12 +149,17 @@ def _parse(row: StagedRow) -> Transfer | str:
     _, tenant_id, write_id, _, _, payload, _, _ = row
     try:
         shape = _shape.decode(payload)
-        uuid.UUID(tenant_id), uuid.UUID(write_id)
+        tenant, write = str(uuid.UUID(tenant_id)), str(uuid.UUID(write_id))
     except (msgspec.DecodeError, ValueError) as exc:
         return f"Not a transfer: {exc}"
     if shape.amount <= 0:
         return "The amount must be positive."
-    return Transfer(row, tenant_id, write_id, shape.debit_account, shape.credit_account, shape.amount, shape.currency)
+    return Transfer(row, tenant, write, shape.debit_account, shape.credit_account, shape.amount, shape.currency)
+
+
+def _raw_key(transfer: Transfer) -> WriteKey:
+    """The key ``writes.apply`` drops rows by: the ids exactly as they came in the message."""
+    return (transfer.row[1], transfer.row[2])
 
 
 def _unzip(pairs: Any) -> list[list[str]]:
@@ -203,19 +208,19 @@ class TransferApplyHook:
         for transfer in transfers:
             key = (transfer.tenant_id, transfer.write_id)
             if key in already:
-                decision.drop.add(key)  # a redelivery: its first outcome stands
+                decision.drop.add(_raw_key(transfer))  # a redelivery: its first outcome stands
                 continue
             problem = self._problem(transfer, accounts)
             if problem is not None:
                 decision.rejected.append((transfer.row, *problem))
-                decision.drop.add(key)
+                decision.drop.add(_raw_key(transfer))
                 continue
             debit = (transfer.tenant_id, transfer.debit)
             credit = (transfer.tenant_id, transfer.credit)
             if debit in balances and balances[debit] < transfer.amount:
                 reason = f"Account {transfer.debit!r} holds {balances[debit]}, less than the amount {transfer.amount}."
                 decision.rejected.append((transfer.row, "insufficient_funds", reason))
-                decision.drop.add(key)
+                decision.drop.add(_raw_key(transfer))
                 continue
             moves = [
                 (account, delta)

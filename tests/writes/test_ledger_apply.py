@@ -83,6 +83,15 @@ def test_transfer_hook_ignores_redeliveries_of_applied_and_rejected_transfers(te
     assert codes(tenant) == {rows[2][0]: "insufficient_funds"}
 
 
+def test_transfer_hook_recognises_a_redelivery_whatever_the_id_spelling(tenant):
+    funding = transfer("equity", "wallet", 4)
+    apply_batch(shard=SHARD, groups=[group(tenant, [funding])])
+    shouted = [funding[0].upper(), funding[1], funding[2], funding[3]]
+    again = apply_batch(shard=SHARD, groups=[[str(tenant.tenant_id).upper(), "transfer", NOW, [shouted]]])
+    assert (again.applied, again.duplicates) == (0, 1)
+    assert guarded_balance(tenant, "wallet") == 4
+
+
 def test_transfer_hook_rejects_unknown_accounts_and_currency_mismatches_at_apply_time(tenant):
     rows = [
         transfer("equity", "nobody", 1),
