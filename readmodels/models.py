@@ -95,7 +95,15 @@ class ChatInbox(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["tenant_id", "conversation_id", "user_id"], name="chat_inboxes_uniq")
         ]
-        indexes = [models.Index(fields=["tenant_id", "user_id", "-last_message_at"], name="chat_inboxes_user_idx")]
+        # Most recent first, conversations without messages last: the inbox query's order exactly.
+        indexes = [
+            models.Index(
+                models.F("tenant_id"),
+                models.F("user_id"),
+                models.F("last_message_at").desc(nulls_last=True),
+                name="chat_inboxes_user_idx",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id} in {self.conversation_id}: {self.unread_count} unread"

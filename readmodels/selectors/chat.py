@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.db.models import F
+
 from readmodels.models import ChatConversation, ChatInbox, ChatMessage
 
 MESSAGES_PAGE_DEFAULT = 50
@@ -42,7 +44,7 @@ def user_inbox(*, shard: str, tenant_id: uuid.UUID, user_id: str, limit: int) ->
         dict(row)
         for row in ChatInbox.objects.using(shard)
         .filter(tenant_id=tenant_id, user_id=user_id)
-        .order_by("-last_message_at", "conversation_id")
+        .order_by(F("last_message_at").desc(nulls_last=True), "conversation_id")
         .values("conversation_id", "unread_count", "last_read_seq", "last_message_at")[:limit]
     ]
     summaries: dict[str, dict[str, Any]] = {

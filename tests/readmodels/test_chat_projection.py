@@ -14,6 +14,7 @@ from django.db import connections
 from readmodels.models import ChatConversation, ChatInbox, ChatMessage
 from readmodels.projections.chat import ChatProjection, repair_chat
 from readmodels.projector import project_shard, project_slice
+from readmodels.selectors.chat import user_inbox
 from tests.conftest import ALL_DATABASES
 from writes.apply import apply_batch
 
@@ -171,3 +172,27 @@ def test_chat_projection_fans_out_a_slice_with_a_fixed_number_of_statements():
     assert len(unread) == 300
     assert unread["user-0"] == 600 - 200
     assert unread["user-299"] == 600
+
+
+def test_inbox_lists_recent_conversations_first_and_silent_ones_last():
+    quiet, old, recent = Chat(), Chat(), Chat()
+    for chat in (old, recent, quiet):
+        chat.tenant_id = quiet.tenant_id
+    old.say("bob", "earlier")
+    old.flush()
+    quiet.add("ann")
+    quiet.flush()
+    recent.clock += timedelta(hours=1)
+    recent.say("bob", "later")
+    recent.add("ann")
+    recent.flush()
+    old.add("ann")
+    old.flush()
+    project_shard(SHARD)
+    inbox = user_inbox(shard=SHARD, tenant_id=uuid.UUID(quiet.tenant_id), user_id="ann", limit=10)
+    assert [row["conversation_id"] for row in inbox] == [
+        recent.conversation_id,
+        old.conversation_id,
+        quiet.conversation_id,
+    ]
+    assert [row["preview"] for row in inbox] == ["later", "earlier", ""]

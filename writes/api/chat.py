@@ -149,7 +149,7 @@ class ConversationMembersView(APIView):
         operation_id="conversation_members_add",
         summary="Add members to a conversation",
         description="1 to 1,000 user ids. A member added later has nothing unread from before they joined.",
-        request=openapi.ref("MembersIn"),
+        request=openapi.request_of("MembersIn"),
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
@@ -171,7 +171,7 @@ class ConversationReadView(APIView):
         summary="Mark a conversation read up to a message",
         description="`up_to` is the `seq` of the last message read; a mark never moves back, and one beyond "
         "the last message means everything so far.",
-        request=openapi.ref("ReadIn"),
+        request=openapi.request_of("ReadIn"),
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
