@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(databases=ALL_DATABASES, tr
 
 TRANSFERS = 1_000
 START_BALANCE = 500
-CLIENTS = 20
+CLIENTS = 10  # concurrent HTTP clients; each holds two database connections (control, shard)
 
 
 def applied_tasks(worker: Worker) -> int:
