@@ -160,4 +160,16 @@ def test_openapi_documents_the_chat_and_ledger_bodies():
     schema = make_tenant("docs").client.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    assert {"/api/v1/ledger/transfers", "/api/v1/conversations/{conversation_id}/messages"} <= set(paths)
+    bodies = {
+        "/api/v1/events": "EventIn",
+        "/api/v1/conversations/{conversation_id}/messages": "MessageIn",
+        "/api/v1/conversations/{conversation_id}/members": "MembersIn",
+        "/api/v1/conversations/{conversation_id}/read": "ReadIn",
+        "/api/v1/ledger/transfers": "TransferIn",
+    }
+    for path, item in bodies.items():
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["oneOf"][0] == {"$ref": f"#/components/schemas/{item}"}, path
+    account = paths["/api/v1/ledger/accounts"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert account == {"$ref": "#/components/schemas/AccountIn"}
+    assert set(paths["/api/v1/ledger/accounts"]["post"]["responses"]) >= {"200", "201", "409"}

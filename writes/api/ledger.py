@@ -29,7 +29,7 @@ class AccountsView(APIView):
         description="Synchronous. The same id with the same attributes answers 200 with the account; with other "
         "attributes 409. `no_overdraft` accounts can never go below zero: transfers that would are rejected "
         "(`insufficient_funds`).",
-        request=openapi.ref("AccountIn"),
+        request=openapi.request_one("AccountIn"),
         responses={
             201: OpenApiResponse(response=openapi.ref("AccountOut"), description="Created."),
             200: OpenApiResponse(response=openapi.ref("AccountOut"), description="Already existed, identical."),

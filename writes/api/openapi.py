@@ -132,18 +132,28 @@ def response_of(name: str) -> dict[str, str]:
 
 
 def request_of(item: str, *, max_items: int = 10_000) -> dict[str, Any]:
-    """One item, or ``{"batch": [...]}`` of them."""
+    """A JSON body of one item, or ``{"batch": [...]}`` of them. drf-spectacular takes a raw schema only
+    under a media type; a bare schema dict would be read as a map of media types."""
     return {
-        "oneOf": [
-            ref(item),
-            {
-                "type": "object",
-                "properties": {"batch": {"type": "array", "items": ref(item), "minItems": 1, "maxItems": max_items}},
-                "required": ["batch"],
-                "additionalProperties": False,
-            },
-        ]
+        "application/json": {
+            "oneOf": [
+                ref(item),
+                {
+                    "type": "object",
+                    "properties": {
+                        "batch": {"type": "array", "items": ref(item), "minItems": 1, "maxItems": max_items}
+                    },
+                    "required": ["batch"],
+                    "additionalProperties": False,
+                },
+            ]
+        }
     }
+
+
+def request_one(item: str) -> dict[str, Any]:
+    """A JSON body of exactly one item."""
+    return {"application/json": ref(item)}
 
 
 def _error(description: str) -> OpenApiResponse:
