@@ -6,7 +6,16 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db import connections
 
-from readmodels.models import EventCountDaily, EventCountHourly, ProjectionCheckpoint, RepairRun
+from readmodels.models import (
+    ChatConversation,
+    ChatInbox,
+    ChatMessage,
+    EventCountDaily,
+    EventCountHourly,
+    LedgerBalance,
+    ProjectionCheckpoint,
+    RepairRun,
+)
 from readmodels.projector import Freshness, freshness
 from writes.admin import ShardFilter, ShardResidentAdmin, TenantFilter
 
@@ -50,3 +59,39 @@ class RepairRunAdmin(ShardResidentAdmin):
         "rows_checked", "drift_found", "drift_fixed", "duration_seconds", "message",
     ]  # fmt: skip
     list_filter = [ShardFilter, "outcome"]
+
+
+class ReadModelAdmin(ShardResidentAdmin):
+    list_filter = [ShardFilter, TenantFilter]
+
+
+@admin.register(ChatConversation)
+class ChatConversationAdmin(ReadModelAdmin):
+    list_display = [
+        "conversation_id",
+        "message_count",
+        "member_count",
+        "last_message_at",
+        "last_sender_id",
+        "tenant_id",
+    ]
+    search_fields = ["conversation_id"]
+
+
+@admin.register(ChatMessage)
+class ChatMessageAdmin(ReadModelAdmin):
+    list_display = ["conversation_id", "seq", "sender_id", "sent_at", "position", "tenant_id"]
+    search_fields = ["conversation_id", "sender_id"]
+
+
+@admin.register(ChatInbox)
+class ChatInboxAdmin(ReadModelAdmin):
+    list_display = ["user_id", "conversation_id", "unread_count", "last_read_seq", "last_message_at", "tenant_id"]
+    search_fields = ["user_id", "conversation_id"]
+
+
+@admin.register(LedgerBalance)
+class LedgerBalanceAdmin(ReadModelAdmin):
+    list_display = ["account_id", "currency", "balance", "transfer_count", "tenant_id"]
+    list_filter = [ShardFilter, TenantFilter, "currency"]
+    search_fields = ["account_id"]

@@ -109,3 +109,107 @@ class RepairRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection} on {self.shard} at {self.started_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"
+
+
+class ChatMessage(models.Model):
+    """A conversation's messages in order: ``seq`` numbers them 1, 2, … per conversation, and the
+    unique index on (tenant, conversation, seq) serves cursor pagination."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    position = models.BigIntegerField(primary_key=True)  # the message's write_log position
+    tenant_id = models.UUIDField()
+    conversation_id = models.CharField(max_length=200)
+    seq = models.BigIntegerField()
+    write_id = models.UUIDField()
+    sender_id = models.CharField(max_length=200)
+    body = models.TextField()
+    sent_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "chat_messages"
+        ordering = ["tenant_id", "conversation_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "conversation_id", "seq"], name="chat_messages_seq_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id}#{self.seq}"
+
+
+class ChatConversation(models.Model):
+    """A conversation's summary: message count (= last ``seq``), last message, a preview."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    tenant_id = models.UUIDField()
+    conversation_id = models.CharField(max_length=200)
+    message_count = models.BigIntegerField(default=0)
+    member_count = models.IntegerField(default=0)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+    last_sender_id = models.CharField(max_length=200, blank=True)
+    preview = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        db_table = "chat_conversations"
+        ordering = ["tenant_id", "conversation_id"]
+        constraints = [models.UniqueConstraint(fields=["tenant_id", "conversation_id"], name="chat_conversations_uniq")]
+
+    def __str__(self) -> str:
+        return self.conversation_id
+
+
+class ChatInbox(models.Model):
+    """One member's view of one conversation: how far they have read and how many messages from others
+    they have not read yet. The index on (tenant, user, last_message_at) serves the inbox."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    tenant_id = models.UUIDField()
+    user_id = models.CharField(max_length=200)
+    conversation_id = models.CharField(max_length=200)
+    last_read_seq = models.BigIntegerField(default=0)
+    unread_count = models.BigIntegerField(default=0)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "chat_inboxes"
+        ordering = ["tenant_id", "user_id", "-last_message_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "conversation_id", "user_id"], name="chat_inboxes_uniq")
+        ]
+        # Most recent first, conversations without messages last: the inbox query's order exactly.
+        indexes = [
+            models.Index(
+                models.F("tenant_id"),
+                models.F("user_id"),
+                models.F("last_message_at").desc(nulls_last=True),
+                name="chat_inboxes_user_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.conversation_id}: {self.unread_count} unread"
+
+
+class LedgerBalance(models.Model):
+    """The projected balance of a ledger account: the sum of its applied transfers (credits minus
+    debits), in minor units."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    tenant_id = models.UUIDField()
+    account_id = models.CharField(max_length=200)
+    currency = models.CharField(max_length=3)
+    balance = models.DecimalField(max_digits=40, decimal_places=0, default=0)
+    transfer_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "ledger_balances"
+        ordering = ["tenant_id", "account_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "account_id", "currency"], name="ledger_balances_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}: {self.balance} {self.currency}"

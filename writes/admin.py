@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
-from writes.models import ApiKey, RejectedWrite, ShardMap, Tenant, WriteLog
+from writes.models import ApiKey, LedgerAccount, RejectedWrite, ShardMap, Tenant, WriteLog
 from writes.services import api_key_issue, api_key_revoke, tenant_create
 
 
@@ -126,7 +126,7 @@ class KindFilter(admin.SimpleListFilter):
     parameter_name = "kind"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("event", "event"), ("message", "message"), ("transfer", "transfer")]
+        return [(kind, kind) for kind in ("event", "message", "member", "read", "transfer")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(kind=self.value()) if self.value() else queryset
@@ -164,3 +164,13 @@ class WriteLogAdmin(ShardResidentAdmin):
 class RejectedWriteAdmin(ShardResidentAdmin):
     list_display = ["write_id", "kind", "key", "code", "reason", "tenant_id", "rejected_at"]
     search_fields = ["key", "code"]
+
+
+@admin.register(LedgerAccount)
+class LedgerAccountAdmin(ShardResidentAdmin):
+    """Accounts are created through the API only (synchronously, on the tenant's shard), and never
+    changed or deleted: a transfer in the log may name any of them."""
+
+    list_filter = [ShardFilter, TenantFilter, "currency", "no_overdraft"]
+    list_display = ["account_id", "currency", "no_overdraft", "balance", "tenant_id", "created_at"]
+    search_fields = ["account_id"]

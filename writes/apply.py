@@ -3,6 +3,7 @@
 One transaction per batch: COPY the rows into a temporary staging table, take the shard's append lock,
 ``INSERT … SELECT … ORDER BY … ON CONFLICT DO NOTHING`` into the log, commit. A batch that fails for a
 data reason is bisected until each bad row stands alone; those are recorded in ``rejected_writes``.
+A kind that needs more than the append (the ledger's guarded balances) registers a ``KindHook``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from django.db import DataError, IntegrityError, connections, transaction
@@ -63,6 +64,32 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# (row, code, reason) of a write that will be recorded in rejected_writes instead of the log.
+Rejection = tuple[StagedRow, str, str]
+
+
+class KindDecision(Protocol):
+    #: (tenant_id, write_id), spelled as in the message, of the rows to leave out of the insert: the
+    #: rejected ones and redeliveries.
+    drop: set[tuple[str, str]]
+    rejected: list[Rejection]
+
+
+class KindHook(Protocol):
+    """Kind-specific work in a batch's transaction, around the generic insert: ``before_insert`` sees
+    the kind's rows before the append lock (take row locks here, in a fixed order) and decides which to
+    leave out; ``after_insert`` completes the work once the rows have their positions."""
+
+    def before_insert(self, cursor: Any, rows: list[StagedRow]) -> KindDecision: ...
+
+    def after_insert(self, cursor: Any, decision: Any) -> None: ...
+
+
+# kind → hook; filled by ``WritesConfig.ready``. Kinds without a hook (events) pay one set lookup per
+# group, nothing per row.
+KIND_HOOKS: dict[str, KindHook] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     received: int
@@ -84,25 +111,37 @@ def staged_rows(groups: Sequence[Sequence[Any]]) -> list[StagedRow]:
 
 def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]]) -> ApplyResult:
     rows = staged_rows(groups)
+    received = len(rows)
+    hooked = {str(group[1]) for group in groups}.intersection(KIND_HOOKS)
     connection = connections[shard]
-    rejected: list[tuple[StagedRow, str]] = []
+    rejected: list[Rejection] = []
     with transaction.atomic(using=shard), connection.cursor() as cursor:
         cursor.execute(_STAGING_DDL)
-        applied = _apply_isolating(cursor, rows, rejected, first=True)
-        for row, reason in rejected:
+        decisions = []
+        for kind in sorted(hooked):
+            hook = KIND_HOOKS[kind]
+            decision = hook.before_insert(cursor, [row for row in rows if row[3] == kind])
+            decisions.append((hook, decision))
+            rejected.extend(decision.rejected)
+            if decision.drop:
+                rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
+        applied = _apply_isolating(cursor, rows, rejected, first=True) if rows else 0
+        for hook, decision in decisions:
+            hook.after_insert(cursor, decision)
+        for row, code, reason in rejected:
             _, tenant_id, write_id, kind, key, payload, _, _ = row
-            cursor.execute(_REJECT, [tenant_id, write_id, kind, key, payload, "invalid_write", reason])
+            cursor.execute(_REJECT, [tenant_id, write_id, kind, key, payload, code, reason])
     if rejected:
-        logger.warning("shard %s: rejected %d of %d writes", shard, len(rejected), len(rows))
+        logger.warning("shard %s: rejected %d of %d writes", shard, len(rejected), received)
     return ApplyResult(
-        received=len(rows),
+        received=received,
         applied=applied,
-        duplicates=len(rows) - applied - len(rejected),
+        duplicates=received - applied - len(rejected),
         rejected=len(rejected),
     )
 
 
-def _apply_isolating(cursor: Any, rows: list[StagedRow], rejected: list[tuple[StagedRow, str]], *, first: bool) -> int:
+def _apply_isolating(cursor: Any, rows: list[StagedRow], rejected: list[Rejection], *, first: bool) -> int:
     """Apply ``rows`` in a savepoint; on a data error, bisect. Returns the number of rows inserted."""
     try:
         with transaction.atomic(using=cursor.db.alias):
@@ -112,7 +151,7 @@ def _apply_isolating(cursor: Any, rows: list[StagedRow], rejected: list[tuple[St
             return int(cursor.rowcount)
     except DATA_ERRORS as exc:
         if len(rows) == 1:
-            rejected.append((rows[0], _reason(exc)))
+            rejected.append((rows[0], "invalid_write", _reason(exc)))
             return 0
         middle = len(rows) // 2
         return _apply_isolating(cursor, rows[:middle], rejected, first=False) + _apply_isolating(

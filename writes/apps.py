@@ -1,3 +1,5 @@
+"""The write path's Django app; ``ready`` registers the kinds' apply hooks."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig
@@ -7,3 +9,9 @@ class WritesConfig(AppConfig):
     name = "writes"
     verbose_name = "Writes"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from writes.apply import KIND_HOOKS
+        from writes.ledger import TRANSFER_KIND, TransferApplyHook
+
+        KIND_HOOKS[TRANSFER_KIND] = TransferApplyHook()

@@ -25,3 +25,7 @@ class QueueFull(PublishError):
     """The shard's queue is at its bound and the broker refused the message."""
 
     code = "queue_full"
+
+
+class AccountConflict(WritesError):
+    """A ledger account with this id exists with other attributes (409)."""

@@ -18,10 +18,20 @@ from writes.ids import uuid7
 from writes.publisher import get_publisher
 from writes.routing import TenantContext
 from writes.schemas import (
+    ISO_4217,
+    MAX_MESSAGE_BODY_BYTES,
     MAX_PROPERTIES_BYTES,
     EventIn,
     EventPayload,
     FieldError,
+    MembersIn,
+    MembersPayload,
+    MessageIn,
+    MessagePayload,
+    ReadIn,
+    ReadPayload,
+    TransferIn,
+    TransferPayload,
     ValidationFailed,
     check_timestamp,
     parse_writes,
@@ -86,3 +96,131 @@ def event_rows(items: Sequence[EventIn], received_at: datetime, is_batch: bool) 
         write_id = str(item.id) if item.id is not None else uuid7()
         rows.append([write_id, item.name, payload, occurred])
     return rows, errors
+
+
+def message_rows_for(conversation_id: str) -> RowBuilder[MessageIn]:
+    """Row builder for messages to one conversation (the log's ``key``)."""
+
+    def message_rows(
+        items: Sequence[MessageIn], received_at: datetime, is_batch: bool
+    ) -> tuple[list[Row], list[FieldError]]:
+        rows: list[Row] = []
+        errors: list[FieldError] = []
+        received = received_at.isoformat()
+        for index, item in enumerate(items):
+            position = index if is_batch else None
+            if len(item.body.encode()) > MAX_MESSAGE_BODY_BYTES:
+                errors.append(FieldError(position, "body", f"Larger than {MAX_MESSAGE_BODY_BYTES} bytes of UTF-8."))
+                continue
+            occurred = received
+            if item.sent_at is not None:
+                problem = check_timestamp(item.sent_at, received_at)
+                if problem:
+                    errors.append(FieldError(position, "sent_at", problem))
+                    continue
+                occurred = item.sent_at.isoformat()
+            payload = _json.encode(MessagePayload(sender_id=item.sender_id, body=item.body)).decode()
+            write_id = str(item.id) if item.id is not None else uuid7()
+            rows.append([write_id, conversation_id, payload, occurred])
+        return rows, errors
+
+    return message_rows
+
+
+def members_rows_for(conversation_id: str) -> RowBuilder[MembersIn]:
+    def members_rows(
+        items: Sequence[MembersIn], received_at: datetime, is_batch: bool
+    ) -> tuple[list[Row], list[FieldError]]:
+        received = received_at.isoformat()
+        rows = [
+            [
+                str(item.id) if item.id is not None else uuid7(),
+                conversation_id,
+                # Repeats in one request are one member; order is kept for a predictable log.
+                _json.encode(MembersPayload(user_ids=list(dict.fromkeys(item.user_ids)))).decode(),
+                received,
+            ]
+            for item in items
+        ]
+        return rows, []
+
+    return members_rows
+
+
+def read_rows_for(conversation_id: str) -> RowBuilder[ReadIn]:
+    def read_rows(items: Sequence[ReadIn], received_at: datetime, is_batch: bool) -> tuple[list[Row], list[FieldError]]:
+        received = received_at.isoformat()
+        rows = [
+            [
+                str(item.id) if item.id is not None else uuid7(),
+                conversation_id,
+                _json.encode(ReadPayload(user_id=item.user_id, up_to=item.up_to)).decode(),
+                received,
+            ]
+            for item in items
+        ]
+        return rows, []
+
+    return read_rows
+
+
+def transfer_rows_checked_by(
+    accounts: Callable[[set[str]], dict[str, tuple[str, bool]] | None],
+) -> RowBuilder[TransferIn]:
+    """Row builder for transfers. ``accounts`` looks up the tenant's accounts (id → (currency,
+    no_overdraft)), or returns ``None`` when it cannot: the applier checks again in any case."""
+
+    def transfer_rows(
+        items: Sequence[TransferIn], received_at: datetime, is_batch: bool
+    ) -> tuple[list[Row], list[FieldError]]:
+        rows: list[Row] = []
+        errors: list[FieldError] = []
+        received = received_at.isoformat()
+        known = accounts({i.debit_account for i in items} | {i.credit_account for i in items})
+        for index, item in enumerate(items):
+            position = index if is_batch else None
+            problems = transfer_problems(item, known)
+            if problems:
+                errors.extend(FieldError(position, name, message) for name, message in problems)
+                continue
+            metadata = None
+            if item.metadata is not None:
+                encoded = _json.encode(item.metadata)
+                if len(encoded) > MAX_PROPERTIES_BYTES:
+                    errors.append(
+                        FieldError(position, "metadata", f"Larger than {MAX_PROPERTIES_BYTES} bytes once encoded.")
+                    )
+                    continue
+                metadata = msgspec.Raw(encoded)
+            payload = TransferPayload(
+                debit_account=item.debit_account,
+                credit_account=item.credit_account,
+                amount=item.amount,
+                currency=item.currency,
+                metadata=metadata,
+            )
+            transfer_id = str(item.id)
+            rows.append([transfer_id, transfer_id, _json.encode(payload).decode(), received])
+        return rows, errors
+
+    return transfer_rows
+
+
+def transfer_problems(item: TransferIn, known: dict[str, tuple[str, bool]] | None) -> list[tuple[str, str]]:
+    """Every reason ``item`` cannot be applied, as (field, message); ``known`` as in
+    ``transfer_rows_checked_by`` (``None``: account checks skipped)."""
+    problems: list[tuple[str, str]] = []
+    if item.currency not in ISO_4217:
+        problems.append(("currency", f"{item.currency!r} is not an ISO 4217 currency code."))
+    if item.debit_account == item.credit_account:
+        problems.append(("credit_account", "The debit and credit accounts must differ."))
+    if known is None:
+        return problems
+    for field_name in ("debit_account", "credit_account"):
+        account_id = getattr(item, field_name)
+        found = known.get(account_id)
+        if found is None:
+            problems.append((field_name, f"No account {account_id!r}."))
+        elif found[0] != item.currency:
+            problems.append((field_name, f"Account {account_id!r} holds {found[0]}, not {item.currency}."))
+    return problems

@@ -103,3 +103,34 @@ class RejectedWrite(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.write_id}: {self.code}"
+
+
+class LedgerAccount(models.Model):
+    """A ledger account, created synchronously by the API on the tenant's shard.
+
+    It lives on the shard so that the applier can lock it in the same transaction as the transfers that
+    move it. ``balance`` is the strongly consistent balance, kept by the applier for ``no_overdraft``
+    accounts only (``NULL`` for the others, whose balance is the ``ledger_balances`` projection).
+    """
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    tenant_id = models.UUIDField()
+    account_id = models.CharField(max_length=200)
+    currency = models.CharField(max_length=3)
+    no_overdraft = models.BooleanField(default=False)
+    balance = models.DecimalField(max_digits=40, decimal_places=0, null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "ledger_accounts"
+        ordering = ["tenant_id", "account_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "account_id"], name="ledger_accounts_tenant_account_uniq"),
+            models.CheckConstraint(
+                condition=models.Q(no_overdraft=False) | models.Q(balance__gte=0), name="ledger_accounts_no_overdraft"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} ({self.currency})"

@@ -23,6 +23,8 @@ LATEST_TIMESTAMP_AHEAD = timedelta(days=1)
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 ShortId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
+# Ids that also appear in URL paths (users, accounts) cannot hold "/".
+PathId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern="^[^/]+$")]
 
 
 def _nested_json_type(depth: int) -> Any:
@@ -54,6 +56,92 @@ class EventPayload(msgspec.Struct, omit_defaults=True):
 
     distinct_id: str | None = None
     properties: msgspec.Raw | None = None
+
+
+# --- Chat ---------------------------------------------------------------------------------
+# A message body is at most 16 KiB of UTF-8; msgspec bounds the characters, the row builder the bytes.
+MAX_MESSAGE_BODY_BYTES = 16 * 1024
+MAX_MEMBERS_PER_WRITE = 1_000
+MAX_SEQ = 2**63 - 1
+
+MessageBody = Annotated[str, Meta(min_length=1, max_length=MAX_MESSAGE_BODY_BYTES)]
+
+
+class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    sender_id: PathId
+    body: MessageBody
+    id: uuid.UUID | None = None
+    sent_at: Timestamp | None = None
+
+
+class MembersIn(msgspec.Struct, forbid_unknown_fields=True):
+    user_ids: Annotated[list[PathId], Meta(min_length=1, max_length=MAX_MEMBERS_PER_WRITE)]
+    id: uuid.UUID | None = None
+
+
+class ReadIn(msgspec.Struct, forbid_unknown_fields=True):
+    """``up_to`` is the ``seq`` of the last message read (as listed by ``GET …/messages``)."""
+
+    user_id: PathId
+    up_to: Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+    id: uuid.UUID | None = None
+
+
+class MessagePayload(msgspec.Struct):
+    sender_id: str
+    body: str
+
+
+class MembersPayload(msgspec.Struct):
+    user_ids: list[str]
+
+
+class ReadPayload(msgspec.Struct):
+    user_id: str
+    up_to: int
+
+
+# --- Ledger -------------------------------------------------------------------------------
+MAX_AMOUNT = 2**63 - 1
+
+# Active ISO 4217 codes (funds and precious metals included; XXX "no currency" is not).
+_ISO_4217_CODES = """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP BYN
+    BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP
+    GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW
+    KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD
+    NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE
+    SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED
+    VES VND VUV WST XAF XAG XAU XBA XBB XBC XBD XCD XCG XDR XOF XPD XPF XPT XSU XTS XUA YER ZAR ZMW ZWG
+    ZWL"""
+ISO_4217 = frozenset(_ISO_4217_CODES.split())
+
+Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")]
+Amount = Annotated[int, Meta(ge=1, le=MAX_AMOUNT, description="Minor units (cents), a positive integer")]
+
+
+class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: uuid.UUID
+    debit_account: PathId
+    credit_account: PathId
+    amount: Amount
+    currency: Currency
+    metadata: Properties | None = None
+
+
+class TransferPayload(msgspec.Struct, omit_defaults=True):
+    """What the log keeps of a transfer; ``key`` is the transfer id."""
+
+    debit_account: str
+    credit_account: str
+    amount: int
+    currency: str
+    metadata: msgspec.Raw | None = None
+
+
+class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: PathId
+    currency: Currency
+    no_overdraft: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,4 +285,23 @@ def check_timestamp(value: datetime, now: datetime) -> str | None:
         return "Timestamps before 1970 are not accepted."
     if value > now + LATEST_TIMESTAMP_AHEAD:
         return "Timestamps more than a day in the future are not accepted."
+    return None
+
+
+def parse_one(body: bytes, item_type: type[T]) -> T:
+    """Decode and validate a body that holds exactly one object (no ``batch`` form)."""
+    document = decode_json(body)
+    if isinstance(document, dict) and "batch" in document:
+        raise ValidationFailed(
+            "Send one object; this endpoint takes no batch.", [FieldError(None, "batch", "Unknown field.")]
+        )
+    return parse_writes(body, item_type, max_items=1).items[0]
+
+
+def check_id_text(value: str, field_name: str) -> FieldError | None:
+    """Ids that arrive in a URL path get the same limits as ids in a body."""
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        return FieldError(None, field_name, f"Expected 1 to {MAX_ID_LENGTH} characters.")
+    if "\x00" in value:
+        return FieldError(None, field_name, "NUL characters (\\u0000) cannot be stored.")
     return None

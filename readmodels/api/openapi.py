@@ -9,13 +9,7 @@ from typing import Literal
 import msgspec
 
 from writes.api import openapi
-
-
-class AsOf(msgspec.Struct):
-    #: The log position the read model has read up to (its checkpoint on the tenant's shard).
-    position: int
-    #: When the write at that position was applied; null before the first one.
-    time: datetime | None
+from writes.api.openapi import AsOf
 
 
 class EventBucket(msgspec.Struct):
@@ -41,6 +35,6 @@ class EventStats(msgspec.Struct):
     timed_out: bool
 
 
-for struct in (AsOf, EventBucket, EventStats):
+for struct in (EventBucket, EventStats):
     if struct not in openapi.DOCUMENTED:
         openapi.DOCUMENTED.append(struct)

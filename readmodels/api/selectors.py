@@ -3,7 +3,6 @@ checkpoint that ``as_of`` reports come from the same snapshot."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,10 +30,6 @@ CROSS JOIN (
 """  # noqa: S608 (table names are constants)
     for interval, table in (("hour", HOURLY_TABLE), ("day", DAILY_TABLE))
 }
-
-_CHECKPOINT = "SELECT position FROM projection_checkpoints WHERE projection = %s"
-
-POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +60,3 @@ def event_counts(
         position, at, names, starts, counts = cursor.fetchone()
         buckets = [Bucket(*values) for values in zip(names or [], starts or [], counts or [], strict=True)]
         return EventCountsRead(buckets=buckets, freshness=freshness_at(cursor, position or 0, at))
-
-
-def wait_for_position(*, shard: str, projection: str, position: int, timeout: float) -> bool:
-    """Wait until ``projection`` on ``shard`` has read the log up to ``position``; False on timeout."""
-    deadline = time.monotonic() + timeout
-    with connections[shard].cursor() as cursor:
-        while True:
-            cursor.execute(_CHECKPOINT, [projection])
-            found = cursor.fetchone()
-            if found is not None and int(found[0]) >= position:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(POLL_SECONDS, remaining))

@@ -18,8 +18,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from readmodels.api import openapi as _components  # noqa: F401 (registers the read API's schemas)
-from readmodels.api.selectors import Interval, event_counts, wait_for_position
+from readmodels.api.selectors import Interval, event_counts
 from readmodels.projections.events import EventCounts, day_of, hour_of
+from readmodels.selectors.freshness import wait_for_position
 from writes.api import openapi
 from writes.api.views import tenant_of
 

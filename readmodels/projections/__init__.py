@@ -11,9 +11,11 @@ from readmodels.projections.base import (
     rebuild_support,
     repair_support,
 )
+from readmodels.projections.chat import ChatProjection
 from readmodels.projections.events import EventCounts
+from readmodels.projections.ledger import LedgerProjection
 
-PROJECTIONS: list[Projection] = [EventCounts()]
+PROJECTIONS: list[Projection] = [EventCounts(), ChatProjection(), LedgerProjection()]
 
 
 def projection_named(name: str) -> Projection:

@@ -71,7 +71,7 @@ def test_project_shard_counts_every_event_exactly_once(projection):
 def test_project_shard_skips_other_kinds_but_moves_past_them():
     tenant_id = uuid.uuid4()
     apply_events(SHARD, tenant_id, [("a", BASE)])
-    other = [[str(tenant_id), "message", BASE.isoformat(), [[str(uuid.uuid4()), "conv-1", "{}", BASE.isoformat()]]]]
+    other = [[str(tenant_id), "audit", BASE.isoformat(), [[str(uuid.uuid4()), "conv-1", "{}", BASE.isoformat()]]]]
     apply_batch(shard=SHARD, groups=other)
     project_shard(SHARD)
     assert stored_counts(SHARD, "event_counts_hourly") == {(tenant_id, "a", BASE): 1}

@@ -10,7 +10,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from writes.errors import PublishError
+from writes.errors import AccountConflict, PublishError
 from writes.schemas import BodyNotJson, ValidationFailed
 
 PUBLISH_RETRY_AFTER_SECONDS = 1
@@ -32,6 +32,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             error_body("invalid", exc.message, [d.as_dict() for d in exc.details]), status=status.HTTP_400_BAD_REQUEST
         )
+    if isinstance(exc, AccountConflict):
+        return Response(error_body("conflict", str(exc)), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, BodyNotJson):
         return Response(error_body("malformed_json", f"The body is not valid JSON: {exc}"), status=400)
     if isinstance(exc, RequestDataTooBig):

@@ -12,7 +12,7 @@ import msgspec
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse
 
-from writes.schemas import EventIn
+from writes.schemas import AccountIn, EventIn, MembersIn, MessageIn, ReadIn, TransferIn
 
 REF = "#/components/schemas/{name}"
 
@@ -43,7 +43,94 @@ class WriteStatus(msgspec.Struct):
     rejected_at: datetime | None = None
 
 
-DOCUMENTED: list[type[msgspec.Struct]] = [EventIn, Error, WritesAccepted, WriteStatus]
+class AsOf(msgspec.Struct):
+    #: The log position the read model has read up to (its checkpoint on the tenant's shard).
+    position: int
+    #: When the write at that position was applied; null before the first one.
+    time: datetime | None
+
+
+class ConversationOut(msgspec.Struct):
+    conversation_id: str
+    message_count: int
+    member_count: int
+    last_message_at: datetime | None
+    last_sender_id: str
+    preview: str
+    as_of: AsOf
+    lag_seconds: float
+    #: True when ``min_position`` was not reached within the wait: the answer is what there was.
+    timed_out: bool = False
+
+
+class MessageOut(msgspec.Struct):
+    id: str
+    seq: int
+    sender_id: str
+    body: str
+    sent_at: datetime
+    position: int
+
+
+class MessagePage(msgspec.Struct):
+    conversation_id: str
+    messages: list[MessageOut]
+    next_after: int
+    has_more: bool
+    as_of: AsOf
+    lag_seconds: float
+    #: True when ``min_position`` was not reached within the wait: the answer is what there was.
+    timed_out: bool = False
+
+
+class InboxEntry(msgspec.Struct):
+    conversation_id: str
+    unread_count: int
+    last_read_seq: int
+    last_message_at: datetime | None
+    message_count: int
+    last_sender_id: str
+    preview: str
+
+
+class InboxOut(msgspec.Struct):
+    user_id: str
+    conversations: list[InboxEntry]
+    as_of: AsOf
+    lag_seconds: float
+    #: True when ``min_position`` was not reached within the wait: the answer is what there was.
+    timed_out: bool = False
+
+
+class AccountOut(msgspec.Struct):
+    id: str
+    currency: str
+    no_overdraft: bool
+    created_at: datetime
+    balance: int
+    consistency: Literal["strong", "eventual"]
+    as_of: AsOf
+    lag_seconds: float
+    #: True when ``min_position`` was not reached within the wait: the answer is what there was.
+    timed_out: bool = False
+    transfer_count: int | None = None
+
+
+DOCUMENTED: list[type[msgspec.Struct]] = [
+    EventIn,
+    Error,
+    WritesAccepted,
+    WriteStatus,
+    MessageIn,
+    MembersIn,
+    ReadIn,
+    TransferIn,
+    AccountIn,
+    ConversationOut,
+    MessagePage,
+    InboxOut,
+    AccountOut,
+]
 
 
 def ref(name: str) -> dict[str, str]:
@@ -55,18 +142,28 @@ def response_of(name: str) -> dict[str, str]:
 
 
 def request_of(item: str, *, max_items: int = 10_000) -> dict[str, Any]:
-    """One item, or ``{"batch": [...]}`` of them."""
+    """A JSON body of one item, or ``{"batch": [...]}`` of them. drf-spectacular takes a raw schema only
+    under a media type; a bare schema dict would be read as a map of media types."""
     return {
-        "oneOf": [
-            ref(item),
-            {
-                "type": "object",
-                "properties": {"batch": {"type": "array", "items": ref(item), "minItems": 1, "maxItems": max_items}},
-                "required": ["batch"],
-                "additionalProperties": False,
-            },
-        ]
+        "application/json": {
+            "oneOf": [
+                ref(item),
+                {
+                    "type": "object",
+                    "properties": {
+                        "batch": {"type": "array", "items": ref(item), "minItems": 1, "maxItems": max_items}
+                    },
+                    "required": ["batch"],
+                    "additionalProperties": False,
+                },
+            ]
+        }
     }
+
+
+def request_one(item: str) -> dict[str, Any]:
+    """A JSON body of exactly one item."""
+    return {"application/json": ref(item)}
 
 
 def _error(description: str) -> OpenApiResponse:

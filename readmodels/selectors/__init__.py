@@ -1,0 +1,1 @@
+"""Selectors: the read endpoints' queries against the read models (never the log's rows)."""
