@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import connections, transaction
-
-from readmodels.projections.base import LogRow
-from readmodels.projections.checkpoints import checkpoint_for_repair, payload_of
+from readmodels.projections.base import DriftScan, LogRow
+from readmodels.projections.checkpoints import (
+    current_checkpoint,
+    first_position_since,
+    payload_of,
+)
 
 MESSAGE_KIND = "message"
 MEMBER_KIND = "member"
@@ -209,6 +211,28 @@ def load_folds(cursor: Any, keys: Iterable[ConversationKey]) -> dict[Conversatio
 class ChatProjection:
     name = "chat"
     kinds = CHAT_KINDS
+    tables = ("chat_messages", "chat_conversations", "chat_inboxes")
+
+    def find_drift(self, cursor: Any, *, upto: int, since: datetime) -> DriftScan:
+        """Summaries and inboxes of every conversation written to since ``since``, recomputed from the
+        log up to ``upto`` and compared with the stored rows."""
+        start = first_position_since(cursor, since, upto=upto) - 1
+        keys = touched_conversations(cursor, start=start, end=upto)
+        expected = expected_chat_state(cursor, keys, end=upto)
+        actual = actual_chat_state(cursor, keys)
+        checked = len(expected.summaries.keys() | actual.summaries.keys()) + len(
+            expected.inboxes.keys() | actual.inboxes.keys()
+        )
+        return DriftScan(rows_checked=checked, drift=chat_drift(expected, actual))
+
+    def fix_drift(self, cursor: Any, drift: Sequence[Any]) -> int:
+        # The fixes set whole values, so they are recomputed here, under the held checkpoint, rather
+        # than taken from the scan's older snapshot (the projector may have moved on since).
+        keys = {(str(d.key[0]), str(d.key[1])) for d in drift}
+        end = current_checkpoint(cursor, self.name)
+        return fix_chat_drift(
+            cursor, chat_drift(expected_chat_state(cursor, keys, end=end), actual_chat_state(cursor, keys))
+        )
 
     def apply(self, cursor: Any, rows: Sequence[LogRow]) -> None:
         folds = load_folds(cursor, {(str(r.tenant_id), r.key) for r in rows})
@@ -381,22 +405,3 @@ def _summary_values(summary: Summary) -> tuple[Any, ...]:
         summary.last_sender_id,
         summary.preview,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRepair:
-    checked_up_to: int
-    conversations_checked: int
-    drift: list[ChatDrift]
-    fixed: int
-
-
-def repair_chat(shard: str, *, start: int = 0) -> ChatRepair:
-    """Recompute the summaries and inboxes of the conversations written to in ``(start, checkpoint]``
-    from the log, compare, and fix the differences. The checkpoint is held, so the projector waits."""
-    with transaction.atomic(using=shard), connections[shard].cursor() as cursor:
-        end = checkpoint_for_repair(cursor, ChatProjection.name)
-        keys = touched_conversations(cursor, start=start, end=end)
-        drift = chat_drift(expected_chat_state(cursor, keys, end=end), actual_chat_state(cursor, keys))
-        fixed = fix_chat_drift(cursor, drift)
-    return ChatRepair(end, len(keys), drift, fixed)

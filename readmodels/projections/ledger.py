@@ -11,12 +11,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db import connections, transaction
-
-from readmodels.projections.base import LogRow
-from readmodels.projections.checkpoints import checkpoint_for_repair, payload_of
+from readmodels.projections.base import DriftScan, LogRow
+from readmodels.projections.checkpoints import current_checkpoint, first_position_since, payload_of
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +43,30 @@ ON CONFLICT (tenant_id, account_id, currency) DO UPDATE SET
 class LedgerProjection:
     name = PROJECTION_NAME
     kinds = frozenset({TRANSFER_KIND})
+    # Only the projected balances: the guarded ones (ledger_accounts.balance) are the applier's.
+    tables = ("ledger_balances",)
+
+    def find_drift(self, cursor: Any, *, upto: int, since: datetime) -> DriftScan:
+        """Projected balances of the accounts a transfer since ``since`` touched, against the log up to
+        ``upto``; plus the invariants that need a person rather than a fix (per-currency sums,
+        guarded balances), which repair reports as drift it could not fix."""
+        start = first_position_since(cursor, since, upto=upto) - 1
+        expected = expected_balances(cursor, start=start, end=upto)
+        drift = balance_drift(expected, projected_balances(cursor), complete=start == 0)
+        return DriftScan(rows_checked=len(expected), drift=drift + invariant_violations(cursor))
+
+    def fix_drift(self, cursor: Any, drift: Sequence[Any]) -> int:
+        # Set to the log's value as of the checkpoint held now, not the scan's older snapshot.
+        keys = {(d.tenant_id, d.account_id, d.currency) for d in drift if d.check == "projected_balance"}
+        if not keys:
+            return 0
+        end = current_checkpoint(cursor, self.name)
+        expected = expected_balances(cursor, start=0, end=end)
+        actual = projected_balances(cursor)
+        fresh = balance_drift(
+            {k: expected.get(k, (0, 0)) for k in keys}, {k: actual.get(k, (0, 0)) for k in keys}, complete=False
+        )
+        return fix_balance_drift(cursor, fresh, expected)
 
     def apply(self, cursor: Any, rows: Sequence[LogRow]) -> None:
         deltas: dict[BalanceKey, list[int]] = defaultdict(lambda: [0, 0])
@@ -164,18 +187,24 @@ def balance_drift(
     return drift
 
 
-def ledger_discrepancies(cursor: Any, *, end: int) -> list[LedgerDiscrepancy]:
-    """Every broken ledger invariant on this shard: per-currency sums, projected balances against the
-    log up to ``end`` (the projection's checkpoint), and guarded balances against the whole log."""
+def invariant_violations(cursor: Any) -> list[LedgerDiscrepancy]:
+    """Per-currency sums that are not zero, and guarded balances that are not the sum of their
+    transfers (or are negative)."""
     cursor.execute(_CURRENCY_SUMS)
     found = [LedgerDiscrepancy("currency_sum", t, c, None, 0, int(total)) for t, c, total in cursor.fetchall()]
-    found += balance_drift(expected_balances(cursor, start=0, end=end), projected_balances(cursor), complete=True)
     cursor.execute(_GUARDED)
     found += [
         LedgerDiscrepancy("guarded_balance", t, c, a, int(total), int(balance if balance is not None else 0))
         for t, a, c, total, balance in cursor.fetchall()
     ]
     return found
+
+
+def ledger_discrepancies(cursor: Any, *, end: int) -> list[LedgerDiscrepancy]:
+    """Every broken ledger invariant on this shard: per-currency sums, projected balances against the
+    log up to ``end`` (the projection's checkpoint), and guarded balances against the whole log."""
+    projected = balance_drift(expected_balances(cursor, start=0, end=end), projected_balances(cursor), complete=True)
+    return projected + invariant_violations(cursor)
 
 
 def fix_balance_drift(
@@ -188,39 +217,3 @@ def fix_balance_drift(
     if fixes:
         cursor.execute(_SET_BALANCES, _balance_columns(fixes))
     return len(fixes)
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerRepair:
-    checked_up_to: int
-    accounts_checked: int
-    discrepancies: list[LedgerDiscrepancy]
-    fixed: int
-
-
-def repair_ledger(shard: str, *, start: int = 0) -> LedgerRepair:
-    """Check the ledger of ``shard`` as of the projection's checkpoint (held, so the projector waits)
-    and fix drifted projected balances. ``start=0`` checks every account; a later ``start`` only those
-    touched since. Per-currency sums and guarded balances are always checked in full."""
-    with transaction.atomic(using=shard), connections[shard].cursor() as cursor:
-        end = checkpoint_for_repair(cursor, PROJECTION_NAME)
-        expected = expected_balances(cursor, start=start, end=end)
-        drift = balance_drift(expected, projected_balances(cursor), complete=start == 0)
-        cursor.execute(_CURRENCY_SUMS)
-        sums = [LedgerDiscrepancy("currency_sum", t, c, None, 0, int(total)) for t, c, total in cursor.fetchall()]
-        cursor.execute(_GUARDED)
-        guarded = [
-            LedgerDiscrepancy("guarded_balance", t, c, a, int(total), int(balance if balance is not None else 0))
-            for t, a, c, total, balance in cursor.fetchall()
-        ]
-        fixed = fix_balance_drift(cursor, drift, expected)
-    if drift or sums or guarded:
-        logger.warning(
-            "shard %s: ledger drift %d, currency sums %d, guarded %d; fixed %d",
-            shard,
-            len(drift),
-            len(sums),
-            len(guarded),
-            fixed,
-        )
-    return LedgerRepair(end, len(expected), [*sums, *drift, *guarded], fixed)

@@ -11,14 +11,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connections
 
-from readmodels.models import ChatConversation, ChatInbox, ChatMessage
-from readmodels.projections.chat import ChatProjection, repair_chat
+from readmodels.models import ChatConversation, ChatInbox, ChatMessage, RepairRun
+from readmodels.projections.chat import ChatProjection
+from readmodels.projections.checkpoints import current_checkpoint
 from readmodels.projector import project_shard, project_slice
+from readmodels.repair import repair_projection
 from readmodels.selectors.chat import user_inbox
 from tests.conftest import ALL_DATABASES
 from writes.apply import apply_batch
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 SHARD = "shard_1"
 START = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -113,12 +116,14 @@ def test_chat_projection_agrees_with_a_naive_model_and_a_replay_whatever_the_sli
         pass
     expected = {u: sum(1 for s in senders[mark:] if s != u) for u, mark in marks.items()}
     assert chat.unread() == expected
-    report = repair_chat(SHARD)
-    assert report.conversations_checked >= 1
-    assert report.drift == []
+    with connections[SHARD].cursor() as cursor:
+        scan = projection.find_drift(cursor, upto=current_checkpoint(cursor, projection.name), since=LONG_AGO)
+    assert scan.rows_checked >= 1
+    assert scan.drift == []
 
 
-def test_repair_chat_finds_and_fixes_drifted_unread_counts_and_summaries():
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+def test_repair_finds_and_fixes_drifted_chat_unread_counts_and_summaries():
     chat = Chat()
     chat.add("ann", "bob")
     chat.say("ann", "one")
@@ -133,15 +138,13 @@ def test_repair_chat_finds_and_fixes_drifted_unread_counts_and_summaries():
             "VALUES (%s, %s, 'ghost', 0, 3)",
             [chat.tenant_id, chat.conversation_id],
         )
-    first = repair_chat(SHARD)
-    assert {(d.table, d.key[-1]) for d in first.drift} == {
-        ("chat_inboxes", "bob"),
-        ("chat_inboxes", "ghost"),
-        ("chat_conversations", chat.conversation_id),
-    }
-    assert first.fixed == 3
+    first = repair_projection(shard=SHARD, projection=ChatProjection(), since=LONG_AGO)
+    assert (first.outcome, first.drift_found, first.drift_fixed) == ("ok", 3, 3)
     assert chat.unread() == {"ann": 0, "bob": 2}
-    assert repair_chat(SHARD).drift == []
+    assert ChatConversation.objects.using(SHARD).get(tenant_id=chat.tenant_id).message_count == 2
+    assert not ChatInbox.objects.using(SHARD).filter(tenant_id=chat.tenant_id, user_id="ghost").exists()
+    assert RepairRun.objects.using(SHARD).filter(projection="chat", drift_found=3, drift_fixed=3).exists()
+    assert repair_projection(shard=SHARD, projection=ChatProjection(), since=LONG_AGO).drift_found == 0
 
 
 def test_chat_projection_fans_out_a_slice_with_a_fixed_number_of_statements():

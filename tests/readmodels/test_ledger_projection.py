@@ -4,13 +4,15 @@ transfers, sum to zero per currency, and drift is found and fixed."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from django.db import connections
 
 from readmodels.models import LedgerBalance
-from readmodels.projections.ledger import PROJECTION_NAME, ledger_discrepancies, repair_ledger
+from readmodels.projections.ledger import PROJECTION_NAME, LedgerProjection, ledger_discrepancies
 from readmodels.projector import project_shard
+from readmodels.repair import repair_projection
 from tests.conftest import ALL_DATABASES
 from tests.writes.test_ledger_apply import group, transfer
 from writes.apply import apply_batch
@@ -19,6 +21,7 @@ from writes.models import LedgerAccount
 from writes.routing import TenantContext
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 SHARD = "shard_0"
 
@@ -52,6 +55,7 @@ def test_ledger_projection_sums_applied_transfers_only(funded):
         assert ledger_discrepancies(cursor, end=checkpoint(cursor)) == []
 
 
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 def test_ledger_discrepancies_report_each_broken_invariant_and_repair_fixes_the_projection(funded):
     LedgerBalance.objects.using(SHARD).filter(tenant_id=funded.tenant_id, account_id="wallet").update(balance=71)
     LedgerAccount.objects.using(SHARD).filter(tenant_id=funded.tenant_id, account_id="wallet").update(balance=69)
@@ -64,8 +68,10 @@ def test_ledger_discrepancies_report_each_broken_invariant_and_repair_fixes_the_
         ("projected_balance", "wallet", 70, 71),
         ("guarded_balance", "wallet", 70, 69),
     }
-    report = repair_ledger(SHARD)
-    assert report.fixed == 1
+    report = repair_projection(shard=SHARD, projection=LedgerProjection(), since=LONG_AGO)
+    assert (report.drift_found, report.drift_fixed) == (3, 1)
     assert balances(funded)["wallet"] == 70
     # The guarded balance is the applier's record: reported, never overwritten by repair.
-    assert {d.check for d in repair_ledger(SHARD).discrepancies} == {"guarded_balance"}
+    with connections[SHARD].cursor() as cursor:
+        scan = LedgerProjection().find_drift(cursor, upto=checkpoint(cursor), since=LONG_AGO)
+    assert {d.check for d in scan.drift} == {"guarded_balance"}

@@ -14,11 +14,19 @@ from django.db import connections
 
 from readmodels.api.selectors import event_counts
 from readmodels.models import ProjectionCheckpoint
+from readmodels.projections.chat import ChatProjection
 from readmodels.projections.events import EventCounts
+from readmodels.projections.ledger import LedgerProjection
 from readmodels.projector import project_shard
 from readmodels.rebuild import rebuild_projection
 from tests.conftest import ALL_DATABASES
 from tests.readmodels.helpers import apply_events, assert_counts_exact, log_positions, stored_counts
+from tests.readmodels.test_chat_projection import SHARD as CHAT_SHARD
+from tests.readmodels.test_chat_projection import Chat
+from tests.writes.test_ledger_apply import group, transfer
+from writes.apply import apply_batch
+from writes.ledger import account_create
+from writes.routing import TenantContext
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -128,3 +136,45 @@ def test_rebuild_command_rejects_an_unknown_projection():
 
     with pytest.raises(CommandError, match="No projection named 'nope'"):
         call_command("rebuild_projection", "nope")
+
+
+def table_rows(shard: str, table: str, columns: str) -> list[tuple[object, ...]]:
+    with connections[shard].cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {table} ORDER BY {columns}")
+        return list(cursor.fetchall())
+
+
+CHAT_TABLES = {
+    "chat_messages": "position, tenant_id, conversation_id, seq, write_id, sender_id, body, sent_at",
+    "chat_conversations": (
+        "tenant_id, conversation_id, message_count, member_count, last_message_at, last_sender_id, preview"
+    ),
+    "chat_inboxes": "tenant_id, conversation_id, user_id, last_read_seq, unread_count",
+}
+LEDGER_TABLES = {"ledger_balances": "tenant_id, account_id, currency, balance, transfer_count"}
+
+
+def test_rebuild_of_chat_and_ledger_projections_equals_live():
+    chat = Chat()
+    chat.add("ann", "bob")
+    for n in range(40):
+        chat.say(["ann", "bob", "cy"][n % 3], f"message {n}")
+        if n % 9 == 0:
+            chat.flush()
+    chat.read("bob", 12)
+    chat.flush()
+    tenant = TenantContext(tenant_id=uuid.uuid4(), shard=SHARD)
+    for account_id, guarded in [("equity", False), ("wallet", True), ("shop", False)]:
+        account_create(tenant=tenant, account_id=account_id, currency="EUR", no_overdraft=guarded)
+    apply_batch(shard=SHARD, groups=[group(tenant, [transfer("equity", "wallet", 90), transfer("wallet", "shop", 25)])])
+    apply_batch(shard=SHARD, groups=[group(tenant, [transfer("wallet", "shop", 100), transfer("shop", "equity", 5)])])
+    cases = [(CHAT_SHARD, ChatProjection(), CHAT_TABLES), (SHARD, LedgerProjection(), LEDGER_TABLES)]
+    for shard, _, _ in cases:
+        project_shard(shard)
+    live = {t: table_rows(shard, t, columns) for shard, _, tables in cases for t, columns in tables.items()}
+    assert all(live.values())
+
+    for shard, projection, _ in cases:
+        rebuild_projection(shard=shard, projection=projection, slice_positions=7)
+
+    assert {t: table_rows(shard, t, columns) for shard, _, tables in cases for t, columns in tables.items()} == live

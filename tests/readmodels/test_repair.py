@@ -73,7 +73,7 @@ def test_repair_restores_exact_counts_and_records_the_drift():
     assert report["drift_found"] == damaged
     assert report["drift_fixed"] == damaged
     assert report["rows_checked"] >= len(expected_counts(SHARD, "hour"))
-    run = RepairRun.objects.using(SHARD).get()
+    run = RepairRun.objects.using(SHARD).get(projection="event_counts")
     assert (run.projection, run.shard, run.drift_found, run.drift_fixed) == ("event_counts", SHARD, 3, 3)
     assert run.rows_checked == report["rows_checked"]
     assert run.window_start is not None
@@ -194,4 +194,4 @@ def test_repair_is_skipped_and_recorded_while_another_repair_or_rebuild_holds_th
         holder.join()
     assert result.outcome == "skipped"
     assert "another repair or rebuild" in result.message
-    assert RepairRun.objects.using(SHARD).get().outcome == "skipped"
+    assert RepairRun.objects.using(SHARD).get(projection="event_counts").outcome == "skipped"
