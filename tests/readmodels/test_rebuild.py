@@ -14,6 +14,7 @@ from django.db import connections
 
 from readmodels.api.selectors import event_counts
 from readmodels.models import ProjectionCheckpoint
+from readmodels.projections import Projection
 from readmodels.projections.chat import ChatProjection
 from readmodels.projections.events import EventCounts
 from readmodels.projections.ledger import LedgerProjection
@@ -168,7 +169,10 @@ def test_rebuild_of_chat_and_ledger_projections_equals_live():
         account_create(tenant=tenant, account_id=account_id, currency="EUR", no_overdraft=guarded)
     apply_batch(shard=SHARD, groups=[group(tenant, [transfer("equity", "wallet", 90), transfer("wallet", "shop", 25)])])
     apply_batch(shard=SHARD, groups=[group(tenant, [transfer("wallet", "shop", 100), transfer("shop", "equity", 5)])])
-    cases = [(CHAT_SHARD, ChatProjection(), CHAT_TABLES), (SHARD, LedgerProjection(), LEDGER_TABLES)]
+    cases: list[tuple[str, Projection, dict[str, str]]] = [
+        (CHAT_SHARD, ChatProjection(), CHAT_TABLES),
+        (SHARD, LedgerProjection(), LEDGER_TABLES),
+    ]
     for shard, _, _ in cases:
         project_shard(shard)
     live = {t: table_rows(shard, t, columns) for shard, _, tables in cases for t, columns in tables.items()}
