@@ -54,6 +54,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "writes.api.middleware.RequestMetricsMiddleware",
     "writes.api.middleware.TenantContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -147,6 +148,13 @@ WRITES_MAX_BATCH_ITEMS = 10_000
 WRITES_MAX_BODY_BYTES = 5 * 1024 * 1024
 WRITES_STATUS_MAX_WAIT_SECONDS = 30
 DATA_UPLOAD_MAX_MEMORY_SIZE = WRITES_MAX_BODY_BYTES + 1
+
+# --- Operations ----------------------------------------------------------------------------
+# Functions "(shard) -> list[writes.operations.ProjectionStatus]" that report projection lag and the
+# last repair run; the read side appends its own. The operations page and /metrics show what they return.
+WRITES_PROJECTION_STATUS_SOURCES: list[str] = []
+# A copy batch of move_logical_shard, in rows.
+WRITES_MOVE_CHUNK_ROWS = env_int("WRITES_MOVE_CHUNK_ROWS", 5_000)
 
 # --- HTTP API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -25,3 +25,7 @@ class QueueFull(PublishError):
     """The shard's queue is at its bound and the broker refused the message."""
 
     code = "queue_full"
+
+
+class ForwardFailed(WritesError):
+    """Writes of a moved logical shard could not be forwarded to their new queue: retried in place."""
