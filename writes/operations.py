@@ -201,6 +201,12 @@ def overview() -> Overview:
         return result
 
 
+def forget_cached_overview() -> None:
+    global _cached
+    with _cache_lock:
+        _cached = None
+
+
 def overview_as_dict(view: Overview) -> dict[str, Any]:
     def number(value: float | None) -> float | None:
         return None if value is None or math.isinf(value) else round(value, 3)
