@@ -118,10 +118,9 @@ def test_metrics_count_503_refusals_by_code(monkeypatch):
     monkeypatch.setattr(publisher_module, "_publisher", dead)
     monkeypatch.setattr(publisher_module, "_publisher_pid", os.getpid())
     tenant = make_tenant("refused")
-    before = value(
-        Client().get("/metrics").content.decode(), "writes_http_refused_total", status="503", code="broker_unavailable"
-    )
+    refused = {"status": "503", "code": "broker_unavailable"}
+    before = value(Client().get("/metrics").content.decode(), "writes_http_refused_total", **refused)
     assert tenant.post_json("/api/v1/events", {"name": "x"}).status_code == 503
     text = Client().get("/metrics").content.decode()
-    assert value(text, "writes_http_refused_total", status="503", code="broker_unavailable") == before + 1
+    assert value(text, "writes_http_refused_total", **refused) == before + 1
     assert value(text, "writes_http_requests_total", endpoint="events", method="POST", status="503") >= 1

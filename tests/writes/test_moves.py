@@ -9,6 +9,7 @@ import io
 import threading
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -86,7 +87,8 @@ def test_move_logical_shard_while_writes_flow_applies_every_accepted_write_once_
         accepted_at_switch = len(moving.accepted)
         # Writes go on after the switch, now straight to shard_1.
         wait_until(lambda: len(moving.accepted) >= accepted_at_switch + 400, timeout=60)
-    assert moving.failures == [] and staying.failures == []
+    assert moving.failures == []
+    assert staying.failures == []
     assert ShardMap.objects.get(logical_shard=logical).alias == "shard_1"
 
     # Every write answered 202 ends up on shard_1, exactly once.
@@ -128,7 +130,8 @@ def test_fenced_shard_holds_then_forwards_a_moving_logical_shard_and_applies_the
     assert ids_on("shard_0", mover) == []
     assert len(ids_on("shard_0", bystander)) == 3
     with Connection(settings.CELERY_BROKER_URL) as connection:
-        _, held, _ = hold_queue(logical).bind(connection.channel()).queue_declare(passive=True)
+        declared: Any = hold_queue(logical).bind(connection.channel()).queue_declare(passive=True)
+        _, held, _ = declared
     assert held == 1
 
     # Once moved: the held message is released to shard_1, and stragglers go straight there.

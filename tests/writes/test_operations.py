@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -84,7 +85,7 @@ def test_operations_data_reports_each_shard_and_registered_projection_sources(se
     assert 'writes_repair_last_drift_rows{projection="event_counts",shard="shard_1"} 2.0' in metrics
 
 
-def chromium_driver():
+def chromium_driver() -> Any:
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not chromedriver:
         pytest.skip("chromium and chromedriver are not installed: run `make browser` (CI's .ci/run does).")
