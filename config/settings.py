@@ -193,10 +193,34 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-}
+# "plain": readable lines with key=value context; "json": one JSON object per line (production default).
+LOG_FORMAT = env("LOG_FORMAT", "plain")
+
+
+def logging_config(log_format: str, level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "tenant_context": {"()": "writes.logs.TenantContextFilter"},
+            "redact_secrets": {"()": "writes.logs.RedactSecrets"},
+        },
+        "formatters": {
+            "plain": {
+                "()": "writes.logs.ReadableFormatter",
+                "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            },
+            "json": {"()": "writes.logs.JsonFormatter"},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json" if log_format == "json" else "plain",
+                "filters": ["tenant_context", "redact_secrets"],
+            }
+        },
+        "root": {"handlers": ["console"], "level": level},
+    }
+
+
+LOGGING: dict[str, Any] = logging_config(LOG_FORMAT, LOG_LEVEL)
