@@ -22,6 +22,9 @@ if os.environ.get("WORKER_METRICS_PORT") and not os.environ.get("PROMETHEUS_MULT
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
         Path(__file__).resolve().parent.parent / "var" / "metrics" / f"worker-{os.environ['WORKER_METRICS_PORT']}"
     )
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Metrics without labels get their file as soon as their module is imported.
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from prometheus_client import (
@@ -103,11 +102,16 @@ def exposition() -> bytes:
 
 
 def reset_multiprocess_dir(path: str) -> None:
-    """Start empty: files left by the previous run's processes would add their counts to this run's."""
+    """Drop files of earlier processes: a previous run's counts would add to this run's.
+
+    This process's own files stay: its metrics were created when their modules were imported.
+    """
     directory = Path(path)
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    own = f"_{os.getpid()}.db"
+    for stale in directory.glob("*.db"):
+        if not stale.name.endswith(own):
+            stale.unlink(missing_ok=True)
 
 
 def mark_process_dead(pid: int) -> None:

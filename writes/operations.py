@@ -32,10 +32,13 @@ from writes.queues import dead_letter_queue, queue_name
 logger = logging.getLogger(__name__)
 
 # The apply rate is measured over the last minute of the log, reading at most this many of its newest
-# rows (a backward scan of the primary key): cheap at any size, exact below 50,000 rows a minute and a
-# sampled rate above.
+# rows (a backward scan of the primary key): cheap at any size, and above that many rows a minute the
+# rate is taken over the shorter span those rows cover.
 RATE_WINDOW_SECONDS = 60
 RATE_SAMPLE_ROWS = 50_000
+MIN_RATE_SPAN_SECONDS = 5.0
+# Messages waiting and nothing applied for this long: the queue is stalled, whatever the minute's rate.
+STALL_SECONDS = 15.0
 # Several scrapers and open pages within this many seconds share one reading.
 CACHE_SECONDS = 2.0
 
@@ -79,6 +82,7 @@ class ShardStatus:
     batches_per_second: float | None = None
     last_position: int | None = None
     last_applied_at: datetime | None = None
+    idle_seconds: float | None = None  # since the newest row was applied
     projections: list[ProjectionStatus] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -89,7 +93,7 @@ class ShardStatus:
             return None
         if self.queue_depth == 0:
             return 0.0
-        if self.batches_per_second <= 0:
+        if self.batches_per_second <= 0 or self.idle_seconds is None or self.idle_seconds > STALL_SECONDS:
             return math.inf
         return self.queue_depth / self.batches_per_second
 
@@ -132,9 +136,11 @@ def read_log_figures(status: ShardStatus) -> None:
             rows, batches, oldest = cursor.fetchone()
             cursor.execute("SELECT now()")
             (now,) = cursor.fetchone()
+            # Over the time the recent rows actually cover (at least MIN_RATE_SPAN_SECONDS), so a burst
+            # that began ten seconds ago is not averaged over a whole minute.
             span = float(RATE_WINDOW_SECONDS)
-            if rows >= RATE_SAMPLE_ROWS and oldest is not None:
-                span = max((now - oldest).total_seconds(), 0.001)
+            if oldest is not None:
+                span = min(span, max((now - oldest).total_seconds(), MIN_RATE_SPAN_SECONDS))
             # One apply transaction stamps all its rows with one applied_at: distinct stamps ≈ messages.
             status.rows_per_second = rows / span
             status.batches_per_second = batches / span
@@ -142,6 +148,7 @@ def read_log_figures(status: ShardStatus) -> None:
             last = cursor.fetchone()
             if last is not None:
                 status.last_position, status.last_applied_at = last
+                status.idle_seconds = max(0.0, (now - last[1]).total_seconds())
     except Exception as exc:
         status.problems.append(f"shard database unavailable ({exc.__class__.__name__})")
         connections[status.shard].close()
