@@ -144,6 +144,25 @@ def test_fenced_shard_holds_then_forwards_a_moving_logical_shard_and_applies_the
     assert ids_on("shard_0", mover) == []
 
 
+def test_rerunning_an_interrupted_move_finishes_it(live_worker):
+    mover, _ = two_tenants_on_shard_0()
+    logical = mover.tenant.logical_shard
+    before = [[str(uuid.uuid4()), "before", "{}", NOW] for _ in range(4)]
+    apply_batch(shard="shard_0", groups=[[str(mover.tenant.id), "event", NOW, before]])
+    # Interrupted after the switch: fence still "holding", one message held, rows not all copied.
+    _set_fence_on("shard_0", logical, ("shard_1", MovedLogicalShard.HOLDING))
+    held = [[str(uuid.uuid4()), "held", "{}", NOW] for _ in range(2)]
+    assert apply_batch(shard="shard_0", groups=[[str(mover.tenant.id), "event", NOW, held]]).diverted == 2
+    ShardMap.objects.filter(logical_shard=logical).update(alias="shard_1")
+
+    output = io.StringIO()
+    call_command("move_logical_shard", str(logical), "--to", "shard_1", stdout=output)
+    assert "finishing an interrupted move from shard_0" in output.getvalue()
+    assert MovedLogicalShard.objects.using("shard_0").get(logical_shard=logical).state == MovedLogicalShard.MOVED
+    wait_until(lambda: len(ids_on("shard_1", mover)) == 6, timeout=30)
+    assert set(ids_on("shard_1", mover)) == {row[0] for row in [*before, *held]}
+
+
 def test_move_refuses_an_unknown_target_shard_with_a_clear_error():
     with pytest.raises(CommandError, match="shard_9 is not a configured shard"):
         call_command("move_logical_shard", "3", "--to", "shard_9")

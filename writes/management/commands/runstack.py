@@ -53,7 +53,7 @@ class Command(BaseCommand):
         environment = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
         environment.pop("WORKER_METRICS_PORT", None)
         concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
-        metrics_base = int(os.environ.get("WORKER_METRICS_PORT_BASE", "9100"))
+        metrics_base = int(os.environ.get("WORKER_METRICS_PORT_BASE", "9191"))
         python = sys.executable
         commands: dict[str, list[str]] = {
             "api": [python, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"],
