@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from tests.conftest import ALL_DATABASES, make_tenant
+from tests.stack import ROOT, stack_environment
 from writes.logs import JsonFormatter, ReadableFormatter
 from writes.tasks import apply_batch_task
 
@@ -51,3 +54,26 @@ def test_request_logs_carry_the_tenant_and_never_the_api_key(caplog, settings):
     for formatted in (JsonFormatter().format(careless), ReadableFormatter().format(careless)):
         assert tenant.api_key not in formatted
         assert "wk_***" in formatted
+
+
+def test_production_settings_log_json_lines_and_mask_keys():
+    script = (
+        "import django, logging; django.setup(); "
+        "logging.getLogger('writes.tasks').warning('bad key %s', 'wk_0123456789abcdef', "
+        "extra={'shard': 'shard_0', 'batch_size': 2, 'write_ids': ['a', 'b']})"
+    )
+    environment = {
+        **stack_environment(),
+        "DJANGO_SETTINGS_MODULE": "config.production",
+        "SECRET_KEY": "test-only",
+        "ALLOWED_HOSTS": "example.org",
+    }
+    environment.pop("LOG_FORMAT", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, check=True
+    )
+    line = json.loads(done.stderr.strip().splitlines()[-1])
+    assert line["level"] == "WARNING"
+    assert line["logger"] == "writes.tasks"
+    assert line["message"] == "bad key wk_***"
+    assert (line["shard"], line["batch_size"], line["write_ids"]) == ("shard_0", 2, ["a", "b"])

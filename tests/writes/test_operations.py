@@ -147,3 +147,24 @@ def test_operations_page_in_a_browser_shows_shards_and_refreshes_itself(live_ser
         assert (shots / "operations-page.png").stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_time_to_drain_is_depth_over_message_rate_and_infinite_when_stalled():
+    import math
+
+    from writes.operations import ShardStatus
+
+    def status(depth: int, per_second: float, idle: float | None) -> ShardStatus:
+        return ShardStatus(
+            shard="shard_0",
+            queue="q",
+            logical_shards=1,
+            queue_depth=depth,
+            batches_per_second=per_second,
+            idle_seconds=idle,
+        )
+
+    assert status(120, 4.0, 0.5).seconds_to_drain == 30.0
+    assert status(0, 0.0, None).seconds_to_drain == 0.0
+    assert math.isinf(status(10, 0.0, None).seconds_to_drain or 0)  # nothing ever applied
+    assert math.isinf(status(10, 2.0, 60.0).seconds_to_drain or 0)  # a rate from a minute ago, nothing since
