@@ -155,6 +155,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = WRITES_MAX_BODY_BYTES + 1
 WRITES_PROJECTION_STATUS_SOURCES: list[str] = []
 # A copy batch of move_logical_shard, in rows.
 WRITES_MOVE_CHUNK_ROWS = env_int("WRITES_MOVE_CHUNK_ROWS", 5_000)
+# Stop chasing new writes after this long and fence anyway; the rest wait in the hold queue meanwhile.
+WRITES_MOVE_MAX_CATCH_UP_SECONDS = env_float("WRITES_MOVE_MAX_CATCH_UP_SECONDS", 600.0)
 
 # --- HTTP API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

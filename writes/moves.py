@@ -11,6 +11,7 @@ applied twice. The source keeps its copy of the rows (its log is append-only); r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,13 +101,15 @@ def logical_shard_move(
         report(f"moving logical shard {logical_shard}: {source} → {target}")
         _set_fence_on(target, logical_shard, None)  # it may have left the target before: it is coming back
 
-        # 1. Copy while writes keep landing on the source, until one pass finds less than a chunk to do.
+        # 1. Copy while writes keep landing on the source, until one pass finds less than a chunk to do
+        # (or, if writes arrive faster than the copy, until the time is up: they will wait in the hold queue).
         copied_to = 0
+        give_up_chasing = time.monotonic() + settings.WRITES_MOVE_MAX_CATCH_UP_SECONDS
         while True:
             copied, copied_to = _copy_rows(source, target, logical_shard, after=copied_to, chunk=chunk)
             result.rows_copied += copied
             report(f"  copied {result.rows_copied} rows (source position {copied_to})")
-            if copied < chunk:
+            if copied < chunk or time.monotonic() > give_up_chasing:
                 break
 
         # 2. Fence: from now on the source forwards this logical shard's writes to the hold queue.
