@@ -20,6 +20,7 @@ from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
 from tests.writes.test_e2e_events import wait_until
+from tests.writes.test_metrics import value
 from writes.apply import apply_batch
 from writes.models import MovedLogicalShard, RejectedWrite, ShardMap, WriteLog
 from writes.moves import _drain_hold_queue, _set_fence_on
@@ -114,6 +115,13 @@ def test_move_logical_shard_while_writes_flow_applies_every_accepted_write_once_
         assert status["status"] == "applied"
         assert status["position"] == WriteLog.objects.using("shard_1").get(write_id=write_id).position
     assert "shard map switched" in output.getvalue()
+
+    # The API routes by the new map at once (no stale cache): new writes are not detoured via shard_0.
+    diverted = value(live_worker.metrics(), "writes_rows_diverted_total", shard="shard_0")
+    response = mover.post_json("/api/v1/events", {"batch": [{"name": "after"} for _ in range(5)]})
+    assert response.status_code == 202
+    wait_until(lambda: set(response.json()["ids"]) <= set(ids_on("shard_1", mover)), timeout=30)
+    assert value(live_worker.metrics(), "writes_rows_diverted_total", shard="shard_0") == diverted
 
 
 def test_fenced_shard_holds_then_forwards_a_moving_logical_shard_and_applies_the_rest(live_worker):
