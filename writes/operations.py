@@ -154,6 +154,24 @@ def read_log_figures(status: ShardStatus) -> None:
         connections[status.shard].close()
 
 
+_BUSIEST_SQL = """
+SELECT get_byte(sha256(uuid_send(tenant_id)), 7) AS logical_shard, count(*) AS writes
+FROM write_log
+WHERE applied_at > now() - make_interval(secs => %s)
+GROUP BY 1 ORDER BY 2 DESC LIMIT %s
+"""
+
+
+def busiest_logical_shards(shard: str, *, seconds: int = 3600, limit: int = 10) -> list[tuple[int, int]]:
+    """(logical shard, writes applied) on ``shard`` over the last ``seconds``: what to move first.
+
+    A full scan of that period of the log (the log has no index on ``applied_at``): an operator's query.
+    """
+    with connections[shard].cursor() as cursor:
+        cursor.execute(_BUSIEST_SQL, [seconds, limit])
+        return [(int(logical), int(writes)) for logical, writes in cursor.fetchall()]
+
+
 def projection_statuses(shard: str) -> list[ProjectionStatus]:
     """Every registered source's rows for this shard; a failing source is logged, not fatal."""
     found: list[ProjectionStatus] = []

@@ -168,3 +168,24 @@ def test_time_to_drain_is_depth_over_message_rate_and_infinite_when_stalled():
     assert status(0, 0.0, None).seconds_to_drain == 0.0
     assert math.isinf(status(10, 0.0, None).seconds_to_drain or 0)  # nothing ever applied
     assert math.isinf(status(10, 2.0, 60.0).seconds_to_drain or 0)  # a rate from a minute ago, nothing since
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_writes_status_prints_each_shard_and_the_busiest_logical_shards():
+    import io
+
+    from django.core.management import call_command
+
+    from writes.routing import logical_shard_for
+
+    tenant = uuid.uuid4()
+    rows = [[str(uuid.uuid4()), "page_view", "{}", NOW] for _ in range(30)]
+    apply_batch(shard="shard_0", groups=[[str(tenant), "event", NOW, rows]])
+    output = io.StringIO()
+    call_command("writes_status", stdout=output)
+    lines = output.getvalue().splitlines()
+    assert lines[0].split()[:3] == ["shard", "depth", "consumers"]
+    assert [line.split()[0] for line in lines[1:3]] == ["shard_0", "shard_1"]
+    busiest = io.StringIO()
+    call_command("writes_status", "--busiest", "shard_0", stdout=busiest)
+    assert busiest.getvalue().splitlines()[1].split() == [str(logical_shard_for(tenant)), "30"]

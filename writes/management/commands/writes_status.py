@@ -6,9 +6,10 @@ import json
 import math
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from writes.operations import collect_overview, overview_as_dict
+from writes.operations import busiest_logical_shards, collect_overview, overview_as_dict
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -24,8 +25,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print the figures as one JSON object.")
+        parser.add_argument(
+            "--busiest",
+            metavar="SHARD",
+            help="Instead: the logical shards on SHARD with the most writes in the last hour (what to move first).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["busiest"]:
+            self._busiest(options["busiest"])
+            return
         view = collect_overview()
         if options["json"]:
             self.stdout.write(json.dumps(overview_as_dict(view)))
@@ -48,3 +57,10 @@ class Command(BaseCommand):
                     + (f"; last repair drift {p.last_repair_drift}" if p.last_repair_drift is not None else "")
                 )
         self.stdout.write(f"dead-letter queue: {_number(view.dead_letters)} message(s)")
+
+    def _busiest(self, shard: str) -> None:
+        if shard not in settings.SHARD_ALIASES:
+            raise CommandError(f"{shard} is not a configured shard ({', '.join(settings.SHARD_ALIASES)}).")
+        self.stdout.write(f"{'logical shard':>13} {'writes (last hour)':>19}")
+        for logical, writes in busiest_logical_shards(shard):
+            self.stdout.write(f"{logical:>13} {writes:>19,}")
