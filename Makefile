@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install clean
+.PHONY: run test lint typecheck pytest install browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ run: $(STAMP)
 	$(BIN)/python manage.py prepare_databases
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py runstack
+
+# Debian's chromium and chromedriver, for the operations page's browser test (run as root; CI does).
+browser:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

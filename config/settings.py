@@ -55,6 +55,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "writes.api.middleware.RequestMetricsMiddleware",
     "writes.api.middleware.TenantContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -160,6 +161,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = WRITES_MAX_BODY_BYTES + 1
 READMODELS_REPAIR_WINDOW_HOURS = env_int("READMODELS_REPAIR_WINDOW_HOURS", 48)
 # Upper bound of a read's ?wait= for ?min_position= (read-your-own-write).
 READMODELS_MAX_WAIT_SECONDS = 30
+# --- Operations ----------------------------------------------------------------------------
+# Functions "(shard) -> list[writes.operations.ProjectionStatus]" that report projection lag and the
+# last repair run; the read side appends its own. The operations page and /metrics show what they return.
+WRITES_PROJECTION_STATUS_SOURCES: list[str] = ["readmodels.operations.projection_status"]
+# A copy batch of move_logical_shard, in rows.
+WRITES_MOVE_CHUNK_ROWS = env_int("WRITES_MOVE_CHUNK_ROWS", 5_000)
+# Stop chasing new writes after this long and fence anyway; the rest wait in the hold queue meanwhile.
+WRITES_MOVE_MAX_CATCH_UP_SECONDS = env_float("WRITES_MOVE_MAX_CATCH_UP_SECONDS", 600.0)
 
 # --- HTTP API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -200,10 +209,34 @@ STATIC_URL = "static/"
 WHITENOISE_USE_FINDERS = True
 
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-}
+# "plain": readable lines with key=value context; "json": one JSON object per line (production default).
+LOG_FORMAT = env("LOG_FORMAT", "plain")
+
+
+def logging_config(log_format: str, level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "tenant_context": {"()": "writes.logs.TenantContextFilter"},
+            "redact_secrets": {"()": "writes.logs.RedactSecrets"},
+        },
+        "formatters": {
+            "plain": {
+                "()": "writes.logs.ReadableFormatter",
+                "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            },
+            "json": {"()": "writes.logs.JsonFormatter"},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json" if log_format == "json" else "plain",
+                "filters": ["tenant_context", "redact_secrets"],
+            }
+        },
+        "root": {"handlers": ["console"], "level": level},
+    }
+
+
+LOGGING: dict[str, Any] = logging_config(LOG_FORMAT, LOG_LEVEL)

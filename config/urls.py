@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from writes import admin as write_admin
 from writes.api import views as write_views
 
 urlpatterns = [
@@ -15,6 +16,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", write_views.healthz, name="healthz"),
     path("readyz", write_views.readyz, name="readyz"),
+    path("metrics", write_views.metrics, name="metrics"),
+    path("admin/operations/", admin.site.admin_view(write_admin.operations_page), name="operations"),
+    path("admin/operations/data", admin.site.admin_view(write_admin.operations_data), name="operations-data"),
     path("admin/", admin.site.urls),
 ]
 

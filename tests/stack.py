@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,10 +52,23 @@ def purge_queues() -> None:
             bound.purge()
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
 class Worker:
-    """One ``celery worker`` process consuming the given queues."""
+    """One ``celery worker`` process consuming the given queues, exporting its metrics on ``metrics_port``."""
 
     def __init__(self, queues: Iterable[str], *, concurrency: int = 1, name: str = "test") -> None:
+        self.metrics_port = free_port()
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="worker-metrics-")
         self.log_path = ROOT / "var" / f"worker-{name}-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
@@ -61,10 +77,16 @@ class Worker:
             "-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=stack_environment(), stdout=self._log, stderr=subprocess.STDOUT
-        )
+        environment = {
+            **stack_environment(),
+            "WORKER_METRICS_PORT": str(self.metrics_port),
+            "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir.name,
+        }
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
+
+    def metrics(self) -> str:
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -85,3 +107,49 @@ class Worker:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        self._metrics_dir.cleanup()
+
+
+class ApiServer:
+    """The API under gunicorn (several worker processes), as production runs it."""
+
+    def __init__(self, *, workers: int = 2, threads: int = 8) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="api-metrics-")
+        self.log_path = ROOT / "var" / f"api-{os.getpid()}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("w")
+        environment = {
+            **stack_environment(),
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            "WEB_THREADS": str(threads),
+            "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir.name,
+        }
+        command = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early:\n{self.log_path.read_text()}")
+            try:
+                scrape(f"{self.url}/healthz")
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        self._metrics_dir.cleanup()

@@ -1,5 +1,5 @@
-"""Django admin: tenants, API keys (a new key is shown once), the shard map, and each shard's
-write log and rejected writes (read-only, one shard at a time)."""
+"""Django admin: tenants, API keys (a new key is shown once), the shard map, each shard's write log and
+rejected writes (read-only, one shard at a time), and the operations page (queues, rates, lag)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from urllib.parse import parse_qs
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
 
 from writes.models import ApiKey, LedgerAccount, RejectedWrite, ShardMap, Tenant, WriteLog
+from writes.operations import overview, overview_as_dict
 from writes.services import api_key_issue, api_key_revoke, tenant_create
 
 
@@ -174,3 +176,28 @@ class LedgerAccountAdmin(ShardResidentAdmin):
     list_filter = [ShardFilter, TenantFilter, "currency", "no_overdraft"]
     list_display = ["account_id", "currency", "no_overdraft", "balance", "tenant_id", "created_at"]
     search_fields = ["account_id"]
+
+
+# --- The operations page -------------------------------------------------------------------------
+
+admin.site.index_template = "admin/writes/index.html"
+DEFAULT_REFRESH_SECONDS = 5
+
+
+def operations_page(request: HttpRequest) -> HttpResponse:
+    """Per shard: queue depth, apply rate, time to drain, last position, projection lag; staff only."""
+    try:
+        refresh = max(1, min(60, int(request.GET.get("refresh", DEFAULT_REFRESH_SECONDS))))
+    except ValueError:
+        refresh = DEFAULT_REFRESH_SECONDS
+    context = {
+        **admin.site.each_context(request),
+        "title": "Operations",
+        "initial": overview_as_dict(overview()),
+        "refresh_seconds": refresh,
+    }
+    return TemplateResponse(request, "admin/writes/operations.html", context)
+
+
+def operations_data(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(overview_as_dict(overview()))

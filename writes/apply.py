@@ -4,17 +4,25 @@ One transaction per batch: COPY the rows into a temporary staging table, take th
 ``INSERT … SELECT … ORDER BY … ON CONFLICT DO NOTHING`` into the log, commit. A batch that fails for a
 data reason is bisected until each bad row stands alone; those are recorded in ``rejected_writes``.
 A kind that needs more than the append (the ledger's guarded balances) registers a ``KindHook``.
+Writes of a logical shard that has left this shard (``moved_logical_shards``, read under the append
+lock) are not applied here but forwarded, before COMMIT, to the queue where they now belong.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 from django.db import DataError, IntegrityError, connections, transaction
+from kombu import Queue
+
+from writes.errors import ForwardFailed
+from writes.models import MovedLogicalShard
+from writes.routing import logical_shard_for
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +97,8 @@ class KindHook(Protocol):
 # group, nothing per row.
 KIND_HOOKS: dict[str, KindHook] = {}
 
+_FENCES = "SELECT logical_shard, moved_to, state FROM moved_logical_shards"
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
@@ -96,6 +106,33 @@ class ApplyResult:
     applied: int
     duplicates: int
     rejected: int
+    diverted: int = 0
+
+
+class _Diversion:
+    """Rows of logical shards that left this shard: taken out of staging before the INSERT, kept here."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, StagedRow] = {}
+
+    def take_out(self, cursor: Any, rows: list[StagedRow]) -> None:
+        """Under the append lock: remove from staging every row whose logical shard is fenced here."""
+        cursor.execute(_FENCES)
+        fenced = {logical for logical, _, _ in cursor.fetchall()}
+        if not fenced:
+            return
+        leaving = {tenant for tenant in {row[1] for row in rows} if _logical_shard(tenant) in fenced}
+        if not leaving:
+            return
+        cursor.execute("DELETE FROM staging_writes WHERE tenant_id = ANY(%s)", [list(leaving)])
+        self.rows.update((row[0], row) for row in rows if row[1] in leaving)
+
+
+def _logical_shard(tenant_id: str) -> int | None:
+    try:
+        return logical_shard_for(uuid.UUID(tenant_id))
+    except ValueError:
+        return None  # not a tenant id at all: left in the batch, where the cast rejects it
 
 
 def staged_rows(groups: Sequence[Sequence[Any]]) -> list[StagedRow]:
@@ -109,12 +146,14 @@ def staged_rows(groups: Sequence[Sequence[Any]]) -> list[StagedRow]:
     return rows
 
 
-def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]]) -> ApplyResult:
+def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = True) -> ApplyResult:
+    """Apply one message's groups to ``shard``. ``divert=False`` (moving data in) ignores this shard's fences."""
     rows = staged_rows(groups)
     received = len(rows)
     hooked = {str(group[1]) for group in groups}.intersection(KIND_HOOKS)
     connection = connections[shard]
     rejected: list[Rejection] = []
+    diversion = _Diversion() if divert else None
     with transaction.atomic(using=shard), connection.cursor() as cursor:
         cursor.execute(_STAGING_DDL)
         decisions = []
@@ -125,46 +164,111 @@ def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]]) -> ApplyResult:
             rejected.extend(decision.rejected)
             if decision.drop:
                 rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
-        applied = _apply_isolating(cursor, rows, rejected, first=True) if rows else 0
+        applied = _apply_isolating(cursor, rows, rejected, diversion, first=True) if rows else 0
         for hook, decision in decisions:
             hook.after_insert(cursor, decision)
         for row, code, reason in rejected:
             _, tenant_id, write_id, kind, key, payload, _, _ = row
             cursor.execute(_REJECT, [tenant_id, write_id, kind, key, payload, code, reason])
+        if diversion is not None and diversion.rows:
+            _forward(cursor, shard, [diversion.rows[seq] for seq in sorted(diversion.rows)])
     if rejected:
-        logger.warning("shard %s: rejected %d of %d writes", shard, len(rejected), received)
+        logger.warning(
+            "shard %s: rejected %d of %d writes",
+            shard,
+            len(rejected),
+            received,
+            extra={"shard": shard, "batch_size": received, "write_ids": [row[2] for row, _, _ in rejected][:20]},
+        )
+    diverted = len(diversion.rows) if diversion is not None else 0
     return ApplyResult(
         received=received,
         applied=applied,
-        duplicates=received - applied - len(rejected),
+        duplicates=received - applied - len(rejected) - diverted,
         rejected=len(rejected),
+        diverted=diverted,
     )
 
 
-def _apply_isolating(cursor: Any, rows: list[StagedRow], rejected: list[Rejection], *, first: bool) -> int:
+def _apply_isolating(
+    cursor: Any,
+    rows: list[StagedRow],
+    rejected: list[Rejection],
+    diversion: _Diversion | None,
+    *,
+    first: bool,
+) -> int:
     """Apply ``rows`` in a savepoint; on a data error, bisect. Returns the number of rows inserted."""
     try:
         with transaction.atomic(using=cursor.db.alias):
             if not first:
                 cursor.execute("DELETE FROM staging_writes")
-            _copy_and_insert(cursor, rows)
+            _copy_and_insert(cursor, rows, diversion)
             return int(cursor.rowcount)
     except DATA_ERRORS as exc:
         if len(rows) == 1:
             rejected.append((rows[0], "invalid_write", _reason(exc)))
             return 0
         middle = len(rows) // 2
-        return _apply_isolating(cursor, rows[:middle], rejected, first=False) + _apply_isolating(
-            cursor, rows[middle:], rejected, first=False
+        return _apply_isolating(cursor, rows[:middle], rejected, diversion, first=False) + _apply_isolating(
+            cursor, rows[middle:], rejected, diversion, first=False
         )
 
 
-def _copy_and_insert(cursor: Any, rows: list[StagedRow]) -> None:
+def _copy_and_insert(cursor: Any, rows: list[StagedRow], diversion: _Diversion | None) -> None:
     with cursor.cursor.copy(_COPY) as copy:
         for row in rows:
             copy.write_row(row)
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+    if diversion is not None:
+        diversion.take_out(cursor, rows)
     cursor.execute(_INSERT)
+
+
+def _forward(cursor: Any, shard: str, rows: list[StagedRow]) -> None:
+    """Publish diverted rows where their logical shard now lives, still under the append lock.
+
+    Publishing before COMMIT, with the lock held, is what lets ``move_logical_shard`` change a fence and
+    know that no appender is still about to publish under the old state. If COMMIT then fails, the
+    message is redelivered and forwarded again; the destination ignores the repeats by id.
+    """
+    from writes.publisher import publish_apply_message
+    from writes.queues import hold_queue, shard_queue
+
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])  # held already unless rolled back
+    cursor.execute(_FENCES)
+    fences = {logical: (moved_to, state) for logical, moved_to, state in cursor.fetchall()}
+    targets: dict[str, tuple[Queue, str, list[StagedRow]]] = {}
+    for row in rows:
+        logical = _logical_shard(row[1])
+        # No fence any more (the logical shard came back here meanwhile): send it to this shard's own queue.
+        moved_to, state = fences.get(logical, (shard, MovedLogicalShard.MOVED))
+        queue = (
+            hold_queue(logical) if state == MovedLogicalShard.HOLDING and logical is not None else shard_queue(moved_to)
+        )
+        targets.setdefault(queue.name, (queue, moved_to, []))[2].append(row)
+    for target, moved_to, target_rows in targets.values():
+        try:
+            publish_apply_message(target, moved_to, regroup(target_rows))
+        except Exception as exc:
+            raise ForwardFailed(f"forwarding {len(target_rows)} writes to {target.name} failed: {exc}") from exc
+        logger.info(
+            "shard %s: forwarded %d writes of a moved logical shard to %s",
+            shard,
+            len(target_rows),
+            target.name,
+            extra={"shard": shard, "batch_size": len(target_rows), "write_ids": [r[2] for r in target_rows][:20]},
+        )
+
+
+def regroup(rows: Sequence[StagedRow]) -> list[list[Any]]:
+    """Staged rows back into message groups: runs of one tenant, kind and receipt time."""
+    groups: list[list[Any]] = []
+    for _, tenant_id, write_id, kind, key, payload, occurred_at, received_at in rows:
+        if not groups or groups[-1][:3] != [tenant_id, kind, received_at]:
+            groups.append([tenant_id, kind, received_at, []])
+        groups[-1][3].append([write_id, key, payload, occurred_at])
+    return groups
 
 
 def _reason(exc: BaseException) -> str:

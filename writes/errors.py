@@ -29,3 +29,7 @@ class QueueFull(PublishError):
 
 class AccountConflict(WritesError):
     """A ledger account with this id exists with other attributes (409)."""
+
+
+class ForwardFailed(WritesError):
+    """Writes of a moved logical shard could not be forwarded to their new queue: retried in place."""

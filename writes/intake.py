@@ -6,6 +6,8 @@ them to the coalescing publisher for the tenant's shard. It returns once the bro
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ import msgspec
 from django.conf import settings
 
 from writes.ids import uuid7
+from writes.metrics import ACCEPT_SECONDS, WRITES_ACCEPTED
 from writes.publisher import get_publisher
 from writes.routing import TenantContext
 from writes.schemas import (
@@ -44,6 +47,7 @@ Row = list[str]
 RowBuilder = Callable[[Sequence[T], datetime, bool], tuple[list[Row], list[FieldError]]]
 
 _json = msgspec.json.Encoder()
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ def accept_writes(
     item_type: type[T],
     build_rows: RowBuilder[T],
 ) -> Accepted:
+    started = time.perf_counter()
     parsed = parse_writes(body, item_type, max_items=settings.WRITES_MAX_BATCH_ITEMS)
     received_at = datetime.now(UTC)
     rows, errors = build_rows(parsed.items, received_at, parsed.is_batch)
@@ -67,7 +72,23 @@ def accept_writes(
         raise ValidationFailed(f"{len(errors)} invalid item(s); nothing was accepted.", errors)
     group: list[Any] = [str(tenant.tenant_id), kind, received_at.isoformat(), rows]
     get_publisher().publish(tenant.shard, group)
-    return Accepted(ids=[row[0] for row in rows], is_batch=parsed.is_batch)
+    ids = [row[0] for row in rows]
+    ACCEPT_SECONDS.labels(kind).observe(time.perf_counter() - started)
+    WRITES_ACCEPTED.labels(kind).inc(len(ids))
+    # DEBUG: one line per request is too much for production volumes, but it is how one traces an id.
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "accepted %d %s write(s)",
+            len(ids),
+            kind,
+            extra={
+                "tenant": str(tenant.tenant_id),
+                "shard": tenant.shard,
+                "batch_size": len(ids),
+                "write_ids": ids[:20],
+            },
+        )
+    return Accepted(ids=ids, is_batch=parsed.is_batch)
 
 
 def event_rows(items: Sequence[EventIn], received_at: datetime, is_batch: bool) -> tuple[list[Row], list[FieldError]]:

@@ -1,7 +1,8 @@
 """Tables of the write path.
 
 Control database: ``Tenant``, ``ApiKey``, ``ShardMap``. Every shard database: ``WriteLog`` (append-only,
-enforced by a trigger) and ``RejectedWrite``. ``SHARD_RESIDENT = True`` tells the router where a model lives.
+enforced by a trigger), ``RejectedWrite`` and ``MovedLogicalShard`` (logical shards that left it).
+``SHARD_RESIDENT = True`` tells the router where a model lives.
 """
 
 from __future__ import annotations
@@ -134,3 +135,27 @@ class LedgerAccount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account_id} ({self.currency})"
+
+
+class MovedLogicalShard(models.Model):
+    """On a shard: a logical shard that is leaving ("holding") or has left ("moved") this shard.
+
+    Appenders read this table under the shard's append lock and forward such writes instead of applying
+    them here; ``move_logical_shard`` changes it under the same lock, so no append can slip past it.
+    """
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+    HOLDING = "holding"
+    MOVED = "moved"
+
+    logical_shard = models.PositiveSmallIntegerField(primary_key=True)
+    moved_to = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=[(HOLDING, "holding"), (MOVED, "moved")])
+    fenced_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "moved_logical_shards"
+        ordering = ["logical_shard"]
+
+    def __str__(self) -> str:
+        return f"{self.logical_shard} → {self.moved_to} ({self.state})"

@@ -22,10 +22,11 @@ from typing import Any
 
 from amqp.exceptions import MessageNacked
 from django.conf import settings
-from kombu import Connection, Producer
+from kombu import Connection, Producer, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from writes.errors import BrokerUnavailable, PublishError, QueueFull
+from writes.metrics import PUBLISH_CONFIRM_SECONDS, WRITES_PER_MESSAGE
 from writes.queues import (
     MSGPACK_CONTENT_TYPE,
     dead_letter_queue,
@@ -122,7 +123,8 @@ class CoalescingPublisher:
                     item.future.set_result(None)
 
     def _publish_message(self, shard: str, groups: list[WriteGroup]) -> None:
-        deadline = time.monotonic() + self.timeout_seconds
+        started = time.monotonic()
+        deadline = started + self.timeout_seconds
         try:
             self._publish_once(shard, groups)
         except BrokerUnavailable:
@@ -130,32 +132,13 @@ class CoalescingPublisher:
             if time.monotonic() + 0.1 > deadline:
                 raise
             self._publish_once(shard, groups)
+        PUBLISH_CONFIRM_SECONDS.observe(time.monotonic() - started)
+        WRITES_PER_MESSAGE.observe(sum(len(group[3]) for group in groups))
 
     def _publish_once(self, shard: str, groups: list[WriteGroup]) -> None:
         producer = self._ensure_producer()
         target = shard_queue(shard)
-        task_id = str(uuid.uuid4())
-        headers = {
-            "lang": "py",
-            "task": APPLY_TASK,
-            "id": task_id,
-            "root_id": task_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "timelimit": [None, None],
-            "argsrepr": f"({shard!r}, <{sum(len(g[3]) for g in groups)} writes>)",
-            "kwargsrepr": "{}",
-            "origin": f"{os.getpid()}@api",
-            "ignore_result": True,
-        }
-        body: tuple[Any, ...] = (
-            (shard, groups),
-            {},
-            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
-        )
+        task_id, headers, body = apply_task_message(shard, groups)
         try:
             producer.publish(
                 body,
@@ -205,6 +188,56 @@ class CoalescingPublisher:
                 connection.release()
             except Exception:  # already broken; nothing more to do
                 logger.debug("closing a broken broker connection failed", exc_info=True)
+
+
+def apply_task_message(shard: str, groups: list[WriteGroup]) -> tuple[str, dict[str, Any], tuple[Any, ...]]:
+    """Celery protocol 2 headers and body of ``writes.apply_batch(shard, groups)``: (task id, headers, body)."""
+    task_id = str(uuid.uuid4())
+    headers = {
+        "lang": "py",
+        "task": APPLY_TASK,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": f"({shard!r}, <{sum(len(g[3]) for g in groups)} writes>)",
+        "kwargsrepr": "{}",
+        "origin": f"{os.getpid()}@api",
+        "ignore_result": True,
+    }
+    body: tuple[Any, ...] = (
+        (shard, groups),
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    )
+    return task_id, headers, body
+
+
+def publish_apply_message(target: Queue, shard: str, groups: list[WriteGroup]) -> None:
+    """Publish one ``apply_batch`` message to ``target`` and wait for the broker's confirm (worker side).
+
+    Used to forward writes that reached a shard their logical shard has left; raises on any failure.
+    """
+    from celery import current_app
+
+    register_serializer()
+    task_id, headers, body = apply_task_message(shard, groups)
+    with current_app.producer_or_acquire() as producer:
+        producer.publish(
+            body,
+            exchange=target.exchange,
+            routing_key=target.routing_key,
+            serializer=MSGPACK_CONTENT_TYPE,
+            headers=headers,
+            correlation_id=task_id,
+            delivery_mode=2,
+            declare=[target],
+            retry=False,
+        )
 
 
 _publisher: CoalescingPublisher | None = None

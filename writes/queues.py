@@ -96,5 +96,23 @@ def maintenance_queue() -> Queue:
     )
 
 
+def hold_queue_name(logical_shard: int) -> str:
+    return f"{settings.WRITES_QUEUE_PREFIX}.hold.logical_{logical_shard}"
+
+
+def hold_queue(logical_shard: int) -> Queue:
+    """Where writes for a logical shard wait while ``move_logical_shard`` switches it to another shard.
+
+    Unbounded on purpose: a write already confirmed to its client must never be refused here.
+    """
+    return Queue(
+        hold_queue_name(logical_shard),
+        exchange=exchange(),
+        routing_key=hold_queue_name(logical_shard),
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
 def all_queues() -> list[Queue]:
     return [*(shard_queue(alias) for alias in settings.SHARD_ALIASES), maintenance_queue()]

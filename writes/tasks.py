@@ -2,7 +2,7 @@
 
 Transient database errors are retried in place with backoff: a shard that is down keeps its writes
 waiting in its queue. Other transient errors give up after a cap, and the rejected message is
-dead-lettered by the queue.
+dead-lettered by the queue. Each batch is counted in the worker's metrics and logged once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,17 @@ from django.db import OperationalError, connections
 
 from readmodels.tasks import request_projection
 from writes.apply import ApplyResult, apply_batch
+from writes.errors import ForwardFailed
+from writes.metrics import (
+    APPLY_BATCH_SIZE,
+    APPLY_RETRIES,
+    APPLY_SECONDS,
+    DEAD_LETTERED,
+    ROWS_APPLIED,
+    ROWS_DIVERTED,
+    ROWS_DUPLICATE,
+    ROWS_REJECTED,
+)
 from writes.publisher import APPLY_TASK
 
 logger = logging.getLogger(__name__)
@@ -29,7 +40,9 @@ MAX_BACKOFF_SECONDS = 5.0
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
-    """The database could not be reached (as opposed to a statement that failed on a live connection)."""
+    """The database (or, forwarding a moved shard's writes, the broker) could not be reached."""
+    if isinstance(exc, ForwardFailed):
+        return True
     cause = exc.__cause__ if isinstance(exc, OperationalError) else exc
     if isinstance(cause, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
         return False
@@ -41,20 +54,58 @@ def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
     while True:
         try:
             return work()
-        except (OperationalError, psycopg.OperationalError) as exc:
+        except (OperationalError, psycopg.OperationalError, ForwardFailed) as exc:
             attempt += 1
             connections[shard].close()
             if not _is_connection_failure(exc) and attempt >= MAX_TRANSIENT_ATTEMPTS:
-                logger.error("shard %s: giving up after %d attempts: %s", shard, attempt, exc)
+                logger.error("shard %s: giving up after %d attempts: %s", shard, attempt, exc, extra={"shard": shard})
                 raise
+            APPLY_RETRIES.labels(shard).inc()
             delay = min(MAX_BACKOFF_SECONDS, 0.1 * 2**attempt)
-            logger.warning("shard %s: transient error (attempt %d), retrying in %.1fs: %s", shard, attempt, delay, exc)
+            logger.warning(
+                "shard %s: transient error (attempt %d), retrying in %.1fs: %s",
+                shard,
+                attempt,
+                delay,
+                exc,
+                extra={"shard": shard},
+            )
             time.sleep(delay)
 
 
 @shared_task(name=APPLY_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
-    result: ApplyResult = with_shard_retries(shard, lambda: apply_batch(shard=shard, groups=groups))
+    started = time.perf_counter()
+    try:
+        result: ApplyResult = with_shard_retries(shard, lambda: apply_batch(shard=shard, groups=groups))
+    except Exception:
+        # The task fails, is rejected (not acked) and the quorum queue dead-letters the message.
+        DEAD_LETTERED.labels(shard).inc()
+        raise
+    elapsed = time.perf_counter() - started
+    APPLY_SECONDS.labels(shard).observe(elapsed)
+    APPLY_BATCH_SIZE.labels(shard).observe(result.received)
+    ROWS_APPLIED.labels(shard).inc(result.applied)
+    ROWS_DUPLICATE.labels(shard).inc(result.duplicates)
+    ROWS_REJECTED.labels(shard).inc(result.rejected)
+    ROWS_DIVERTED.labels(shard).inc(result.diverted)
+    logger.info(
+        "shard %s: applied %d of %d writes in %.1f ms",
+        shard,
+        result.applied,
+        result.received,
+        elapsed * 1000,
+        extra={
+            "shard": shard,
+            "tenants": sorted({str(group[0]) for group in groups})[:20],
+            "batch_size": result.received,
+            "applied": result.applied,
+            "duplicates": result.duplicates,
+            "rejected": result.rejected,
+            "diverted": result.diverted,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
     if result.applied:
         request_projection(shard)
     return {
@@ -62,4 +113,5 @@ def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
         "applied": result.applied,
         "duplicates": result.duplicates,
         "rejected": result.rejected,
+        "diverted": result.diverted,
     }

@@ -11,6 +11,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from writes.errors import AccountConflict, PublishError
+from writes.metrics import HTTP_REFUSED
 from writes.schemas import BodyNotJson, ValidationFailed
 
 PUBLISH_RETRY_AFTER_SECONDS = 1
@@ -39,6 +40,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
     if isinstance(exc, PublishError):
+        HTTP_REFUSED.labels("503", exc.code).inc()
         return Response(
             error_body(exc.code, f"{exc} Retry later."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -49,8 +51,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if not isinstance(exc, exceptions.APIException):
         return None  # a bug: let Django log it and answer 500
     wait = getattr(exc, "wait", None)
-    if isinstance(exc, exceptions.Throttled) and wait is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    if isinstance(exc, exceptions.Throttled):
+        HTTP_REFUSED.labels("429", "throttled").inc()
+        if wait is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
     auth_header = getattr(exc, "auth_header", None)
     if auth_header:
         headers["WWW-Authenticate"] = str(auth_header)

@@ -1,4 +1,4 @@
-"""Request-scoped tenant context: whatever authentication sets is gone when the request ends."""
+"""Request-scoped concerns: the tenant context (gone when the request ends) and request metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from writes.metrics import HTTP_REQUESTS
 from writes.routing import current_tenant
 
 
@@ -19,3 +20,20 @@ class TenantContextMiddleware:
             return self.get_response(request)
         finally:
             current_tenant.reset(token)
+
+
+class RequestMetricsMiddleware:
+    """Counts every answer by endpoint, method and status.
+
+    The endpoint is the URL's name, never the raw path: ids in paths would make one series per write.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        match = request.resolver_match
+        endpoint = (match.view_name or "unnamed") if match is not None else "unmatched"
+        HTTP_REQUESTS.labels(endpoint, request.method or "", str(response.status_code)).inc()
+        return response

@@ -9,8 +9,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rest_framework import status
 from rest_framework.exceptions import NotFound, UnsupportedMediaType, ValidationError
 from rest_framework.request import Request
@@ -22,7 +23,9 @@ from writes.api.auth import TenantPrincipal
 from writes.api.errors import PayloadTooLarge, error_body
 from writes.intake import Accepted, event_rows
 from writes.intake import accept_writes as accept
+from writes.metrics import exposition
 from writes.models import RejectedWrite, WriteLog
+from writes.operations import OperationsCollector
 from writes.readiness import broker_reachable
 from writes.schemas import EventIn
 
@@ -144,3 +147,14 @@ def readyz(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"status": "ready", "checks": checks})
     body = error_body("not_ready", "A dependency is unavailable.", [checks])
     return JsonResponse(body, status=503, headers={"Retry-After": "5"})
+
+
+# Queue depth, apply rate, time to drain and projection lag are the system's, not a process's: they are
+# computed when scraped, once per scrape, beside the merged per-process metrics.
+_system_registry = CollectorRegistry(auto_describe=False)
+_system_registry.register(OperationsCollector())
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    body = exposition() + generate_latest(_system_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

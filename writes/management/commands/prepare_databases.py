@@ -24,38 +24,42 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         for alias, config in settings.DATABASES.items():
-            self._ensure_database(alias, config)
+            if ensure_database(alias, config):
+                self.stdout.write(f"created database {config['NAME']} ({alias})")
         if not broker_reachable():
             raise CommandError(
-                f"RabbitMQ does not answer at {_redacted(settings.CELERY_BROKER_URL)}. "
+                f"RabbitMQ does not answer at {redacted(settings.CELERY_BROKER_URL)}. "
                 f"Start it (for example: {RABBITMQ_HINT}) or set CELERY_BROKER_URL."
             )
         self.stdout.write("PostgreSQL and RabbitMQ answer; databases exist.")
 
-    def _ensure_database(self, alias: str, config: dict[str, Any]) -> None:
-        where = f"{config.get('HOST') or 'local socket'}:{config.get('PORT') or 5432}"
-        conninfo = make_conninfo(
-            dbname="postgres",
-            host=config.get("HOST") or None,
-            port=config.get("PORT") or None,
-            user=config.get("USER") or None,
-            password=config.get("PASSWORD") or None,
-            connect_timeout=3,
-        )
-        try:
-            with psycopg.connect(conninfo, autocommit=True) as connection:
-                exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone()
-                if not exists:
-                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config["NAME"])))
-                    self.stdout.write(f"created database {config['NAME']} ({alias})")
-        except psycopg.OperationalError as exc:
-            raise CommandError(
-                f"PostgreSQL does not answer at {where} (database {alias}): {str(exc).strip()}. "
-                f"Start it (for example: {POSTGRES_HINT}) or set DATABASE_URL / SHARD_DATABASE_URLS."
-            ) from exc
+
+def ensure_database(alias: str, config: dict[str, Any]) -> bool:
+    """Create the database of ``config`` if it is missing; True when it was created."""
+    where = f"{config.get('HOST') or 'local socket'}:{config.get('PORT') or 5432}"
+    conninfo = make_conninfo(
+        dbname="postgres",
+        host=config.get("HOST") or None,
+        port=config.get("PORT") or None,
+        user=config.get("USER") or None,
+        password=config.get("PASSWORD") or None,
+        connect_timeout=3,
+    )
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone()
+            if exists:
+                return False
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config["NAME"])))
+            return True
+    except psycopg.OperationalError as exc:
+        raise CommandError(
+            f"PostgreSQL does not answer at {where} (database {alias}): {str(exc).strip()}. "
+            f"Start it (for example: {POSTGRES_HINT}) or set DATABASE_URL / SHARD_DATABASE_URLS."
+        ) from exc
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")

@@ -1,6 +1,7 @@
-"""``runstack``: the whole stack in the foreground (API server, a worker per shard queue, beat).
+"""``runstack``: the whole stack in the foreground (API server, workers as ``WORKER_QUEUES`` lays them out, beat).
 
-Prints the URLs and a fresh demo API key. Ctrl-C (or SIGTERM) stops every process it started.
+Prints the URLs (API, admin, operations page, metrics of the API and of each worker) and a fresh demo
+API key. Ctrl-C (or SIGTERM) stops every process it started.
 """
 
 from __future__ import annotations
@@ -48,17 +49,32 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         port = options["port"]
         secret = self._demo_key()
+        metrics_root = settings.BASE_DIR / "var" / "metrics"
         environment = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
+        environment.pop("WORKER_METRICS_PORT", None)
         concurrency = os.environ.get("WORKER_CONCURRENCY", "1")
+        metrics_base = int(os.environ.get("WORKER_METRICS_PORT_BASE", "9191"))
         python = sys.executable
         commands: dict[str, list[str]] = {
             "api": [python, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"],
         }
+        # Each process kind gets its own multiprocess metrics directory (emptied when it starts).
+        environments: dict[str, dict[str, str]] = {
+            "api": {**environment, "PROMETHEUS_MULTIPROC_DIR": str(metrics_root / f"api-{port}")},
+        }
+        worker_metrics: list[str] = []
         for index, queues in enumerate(worker_layout()):
-            commands[f"worker-{index}"] = [
+            name = f"worker-{index}"
+            commands[name] = [
                 python, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues),
                 "-c", concurrency, "-n", f"worker{index}@%h", "-l", "INFO",
             ]  # fmt: skip
+            environments[name] = {
+                **environment,
+                "WORKER_METRICS_PORT": str(metrics_base + index),
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_root / f"worker-{index}"),
+            }
+            worker_metrics.append(f"  {name}: http://127.0.0.1:{metrics_base + index}/metrics  ({', '.join(queues)})")
         commands["beat"] = [
             python, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
             "--schedule", str(settings.BASE_DIR / "var" / "celerybeat-schedule"),
@@ -76,13 +92,19 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         for name, command in commands.items():
             # Each child leads its own process group, so stopping it also stops its pool children.
-            processes[name] = subprocess.Popen(command, env=environment, start_new_session=True)  # noqa: S603
+            processes[name] = subprocess.Popen(  # noqa: S603
+                command, env=environments.get(name, environment), start_new_session=True
+            )
         base = f"http://127.0.0.1:{port}"
         self.stdout.write(
             self.style.SUCCESS("\nThe stack is starting; Ctrl-C stops all of it.\n") + f"  API:      {base}/api/v1/\n"
             f"  Docs:     {base}/api/docs/\n"
             f"  Admin:    {base}/admin/  (create a login: python manage.py createsuperuser)\n"
+            f"  Operations page: {base}/admin/operations/\n"
             f"  Health:   {base}/healthz  {base}/readyz\n"
+            f"  Metrics:  {base}/metrics  (API processes, queue depth, time to drain, lag)\n"
+            + "\n".join(worker_metrics)
+            + "\n"
             f"  Demo API key (tenant '{DEMO_TENANT}', shown only now): {secret}\n\n"
             f"  curl -X POST {base}/api/v1/events -H 'Authorization: Bearer {secret}' "
             "-H 'Content-Type: application/json' -d '{\"name\": \"signup\"}'\n"
