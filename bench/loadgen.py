@@ -144,6 +144,7 @@ class _Run:
                 if writer is None:
                     reader, writer = await asyncio.wait_for(self._connect(), self.spec.timeout)
                 assert reader is not None
+                assert writer is not None
                 self.sent += 1
                 status = await asyncio.wait_for(
                     self._exchange(reader, writer, requests[n % len(requests)]), self.spec.timeout
@@ -151,14 +152,17 @@ class _Run:
                 self._record(status, scheduled)
             except _ServerClosed as closed:
                 self._record(closed.status, scheduled)
-                writer = _close(writer)
+                _close(writer)
+                writer = None
             except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError):
                 self.errors["connection"] += 1
-                writer = _close(writer)
+                _close(writer)
+                writer = None
                 await asyncio.sleep(0.01)
             except TimeoutError:
                 self.errors["timeout"] += 1
-                writer = _close(writer)
+                _close(writer)
+                writer = None
             n += 1
         _close(writer)
 

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from kombu import Connection
@@ -87,7 +88,7 @@ class BenchEnvironment:
             raise RuntimeError(f"manage.py {' '.join(arguments)} failed:\n{completed.stdout}\n{completed.stderr}")
         return completed.stdout
 
-    def connect(self, alias: str) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(self, alias: str) -> psycopg.Connection[tuple[Any, ...]]:
         url = self.control_url if alias == "default" else self.shard_urls[int(alias.rsplit("_", 1)[1])]
         return psycopg.connect(url, autocommit=True)
 
@@ -95,7 +96,7 @@ class BenchEnvironment:
         """Empty the bench's queues between scenarios; a queue that does not exist yet is fine."""
         with Connection(self.broker_url) as connection:
             for name in names:
-                channel = connection.channel()
+                channel: Any = connection.channel()
                 try:
                     channel.queue_purge(name)
                 except Exception:  # noqa: S112 - not declared yet: nothing to purge
@@ -155,7 +156,7 @@ class Stack:
     def _consumers(self, queue: str) -> int:
         try:
             with Connection(self.environment.broker_url, connect_timeout=2) as connection:
-                channel = connection.channel()
+                channel: Any = connection.channel()
                 _, _, consumers = channel.queue_declare(queue, passive=True)
                 return int(consumers)
         except Exception:  # not declared yet, or the broker is busy: not ready
@@ -193,9 +194,9 @@ def gunicorn_command(*, workers: int, threads: int) -> list[str]:
     ]  # fmt: skip
 
 
-def worker_command(queues: list[str], *, name: str, concurrency: int, prefetch: int) -> list[str]:
+def worker_command(queues: list[str], *, name: str, concurrency: int, prefetch: int, pool: str) -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues),
+        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues), "--pool", pool,
         "-c", str(concurrency), "--prefetch-multiplier", str(prefetch), "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING",
     ]  # fmt: skip

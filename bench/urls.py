@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.urls import include, path
 
-from config.urls import handler404, handler500, urlpatterns as product_urlpatterns
+from config.urls import handler404, handler500
+from config.urls import urlpatterns as product_urlpatterns
 
 urlpatterns = [
     *product_urlpatterns,

@@ -17,7 +17,7 @@ class NaiveEvent(models.Model):
 
     tenant_id = models.UUIDField()
     name = models.CharField(max_length=200)
-    distinct_id = models.CharField(max_length=200, null=True, blank=True)
+    distinct_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - absent, as sent
     timestamp = models.DateTimeField(null=True, blank=True)
     properties = models.JSONField(null=True, blank=True)
     received_at = models.DateTimeField()

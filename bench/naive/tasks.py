@@ -18,4 +18,4 @@ def naive_queue_name() -> str:
 
 @shared_task(name=NAIVE_TASK, acks_late=True, ignore_result=True)
 def naive_insert_event(shard: str, tenant_id: str, received_at: str, fields: dict[str, Any]) -> None:
-    NaiveEvent.objects.using(shard).create(tenant_id=tenant_id, received_at=received_at, **fields)
+    NaiveEvent._default_manager.using(shard).create(tenant_id=tenant_id, received_at=received_at, **fields)

@@ -40,6 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--api-threads", type=int, default=Tuning.api_threads)
         parser.add_argument("--worker-concurrency", type=int, default=Tuning.worker_concurrency)
         parser.add_argument("--worker-prefetch", type=int, default=Tuning.worker_prefetch)
+        parser.add_argument("--worker-pool", default=Tuning.worker_pool, choices=["solo", "prefork", "threads"])
 
     def handle(self, *args: Any, **options: Any) -> None:
         scenarios = [s.strip() for s in options["scenarios"].split(",") if s.strip()]
@@ -65,10 +66,9 @@ class Command(BaseCommand):
             api_threads=options["api_threads"],
             worker_concurrency=options["worker_concurrency"],
             worker_prefetch=options["worker_prefetch"],
+            worker_pool=options["worker_pool"],
         )
-        run = BenchRun(
-            environment, duration=options["duration"], scenarios=scenarios, tuning=tuning, say=self._say
-        )
+        run = BenchRun(environment, duration=options["duration"], scenarios=scenarios, tuning=tuning, say=self._say)
         # Ctrl-C and SIGTERM unwind through the runner's finally blocks, which stop every process.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         load_before = [round(v, 2) for v in os.getloadavg()]
@@ -113,7 +113,7 @@ def _options_text(options: dict[str, Any]) -> str:
     parts = [f"--duration {options['duration']:g}"]
     if options["scenarios"] != ",".join(SCENARIOS):
         parts.append(f"--scenarios {options['scenarios']}")
-    for name in ("api_workers", "api_threads", "worker_concurrency", "worker_prefetch"):
+    for name in ("api_workers", "api_threads", "worker_concurrency", "worker_prefetch", "worker_pool"):
         default = getattr(Tuning, name)
         if options[name] != default:
             parts.append(f"--{name.replace('_', '-')} {options[name]}")
