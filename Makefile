@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install clean
+.PHONY: run test lint typecheck pytest install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ run: $(STAMP)
 	$(BIN)/python manage.py prepare_databases
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/python manage.py runstack
+
+# The benchmark (bench/README section of README.md): its own databases, queues and port; about 6 minutes.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--duration 10 --scenarios batched,copy_limit".
+BENCH_ARGS ?= --update-readme
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python manage.py bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,6 +16,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
+PRODUCT_SCENARIOS = {"single", "single_1k", "batched", "batched_80"}
 
 
 def _by_name(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -76,9 +77,10 @@ def evaluate_targets(results: list[dict[str, Any]], duration: float) -> list[dic
     worker = max((r["peak_rss_mb"].get("worker", 0.0) for r in product if "worker" in r["peak_rss_mb"]), default=None)
     add("peak RSS per API process (MB)", api, "<= 200", lambda v: v <= 200)
     add("peak RSS per worker process (MB)", worker, "<= 300", lambda v: v <= 300)
-    checked = [r for r in by.values() if r["name"] != "copy_limit"]
+    # The product's guarantee; a baseline that has not drained its queue in time has lost nothing yet.
+    checked = [r for r in by.values() if r["name"] in PRODUCT_SCENARIOS]
     lost = sum(r["not_applied_after_drain"] + r["duplicates"] for r in checked) if checked else None
-    add("writes lost or duplicated (all scenarios)", lost, "0", lambda v: v == 0)
+    add("writes lost or duplicated (product scenarios)", lost, "0", lambda v: v == 0)
     return out  # fmt: skip
 
 
@@ -194,6 +196,8 @@ def main() -> None:
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
     document = json.loads(args.json_path.read_text())
+    document["targets"] = evaluate_targets(document["scenarios"], document["duration_s"])
+    args.json_path.write_text(json.dumps(document, indent=2) + "\n")
     plot(document, ROOT / document["plot"])
     if args.update_readme:
         update_readme(document)

@@ -134,6 +134,10 @@ class Sampler(threading.Thread):
         last_id = dict.fromkeys(connections, 0)
         counted = 0
         has_checkpoints = {alias: _has_table(conn, "projection_checkpoints") for alias, conn in connections.items()}
+        # Count from what is there now: earlier scenarios' rows are not this one's.
+        for alias, connection in connections.items():
+            row = connection.execute(f"SELECT coalesce(max({self.id_column}), 0) FROM {self.table}").fetchone()  # noqa: S608
+            last_id[alias] = int(row[0]) if row else 0
         # Incremental counts by id stay cheap however large the table grows; the log's ids are
         # gap-safe (the append lock), so nothing committed later can appear below a counted id.
         query = f"SELECT count(*), max({self.id_column}) FROM {self.table} WHERE {self.id_column} > %s"  # noqa: S608
