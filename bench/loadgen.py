@@ -140,6 +140,10 @@ class _Run:
                 scheduled = await schedule.get()
                 if scheduled < 0:
                     break
+                if time.monotonic() >= self.stop_at:
+                    # Offered during the run but never sent: the server fell behind the offered rate.
+                    self.errors["not_sent"] += 1
+                    continue
             try:
                 if writer is None:
                     reader, writer = await asyncio.wait_for(self._connect(), self.spec.timeout)

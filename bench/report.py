@@ -78,7 +78,8 @@ def evaluate_targets(results: list[dict[str, Any]], duration: float) -> list[dic
     add("peak RSS per API process (MB)", api, "<= 200", lambda v: v <= 200)
     add("peak RSS per worker process (MB)", worker, "<= 300", lambda v: v <= 300)
     # The product's guarantee; a baseline that has not drained its queue in time has lost nothing yet.
-    checked = [r for r in by.values() if r["name"] in PRODUCT_SCENARIOS]
+    # Writes still queued when the drain timed out are late, not lost: only a drained scenario counts.
+    checked = [r for r in by.values() if r["name"] in PRODUCT_SCENARIOS and not r.get("messages_left_in_queue")]
     lost = sum(r["not_applied_after_drain"] + r["duplicates"] for r in checked) if checked else None
     add("writes lost or duplicated (product scenarios)", lost, "0", lambda v: v == 0)
     return out  # fmt: skip
@@ -103,8 +104,8 @@ def markdown(document: dict[str, Any]) -> str:
         f"{document['duration_s']:g} s per scenario. Raw data: `{document['json']}`.",
         "",
         "| scenario | accepted/s | applied/s | HTTP p50 / p95 / p99 ms | lag applied p50 / p99 s | "
-        "peak RSS api / worker MB | errors | not applied |",
-        "|---|---:|---:|---|---|---|---:|---:|",
+        "peak RSS api / worker MB | errors | not applied (messages still queued) |",
+        "|---|---:|---:|---|---|---|---|---:|",
     ]
     for r in document["scenarios"]:
         if r.get("failure"):
@@ -116,10 +117,12 @@ def markdown(document: dict[str, Any]) -> str:
         lag_text = f"{lag['p50']:g} / {lag['p99']:g}" if lag else "-"
         rss = r["peak_rss_mb"]
         rss_text = f"{rss.get('api', '-')} / {rss.get('worker', '-')}" if rss else "-"
-        errors = sum(r["errors"].values())
+        errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0"
+        left = r.get("messages_left_in_queue") or 0
+        not_applied = f"{r['not_applied_after_drain']}" + (f" ({left})" if left else "")
         lines.append(
             f"| {r['name']} | {r['accepted_writes_per_s']:,.0f} | {r['applied_writes_per_s']:,.0f} | {http} | "
-            f"{lag_text} | {rss_text} | {errors} | {r['not_applied_after_drain']} |"
+            f"{lag_text} | {rss_text} | {errors} | {not_applied} |"
         )
     lines += ["", "| target | wanted | measured | met |", "|---|---|---:|---|"]
     for t in document["targets"]:

@@ -107,6 +107,7 @@ class ScenarioResult:
     writes_accepted: int = 0
     rows_applied: int = 0
     not_applied_after_drain: int = 0
+    messages_left_in_queue: int = 0  # purged after the scenario; non-zero means the drain timed out
     duplicates: int = 0
     drain_s: float = 0.0
     loadgen: dict[str, float] = field(default_factory=dict)
@@ -321,6 +322,8 @@ class BenchRun:
         finally:
             stack.stop()
             sampler.stop()
+            # Messages still queued once the workers are gone: writes not applied yet, but not lost.
+            result.messages_left_in_queue = self.environment.queue_depth(self._queues())
             self.environment.purge_queues(self._queues())
         result.load_average = [round(v, 2) for v in os.getloadavg()]
         result.requests = int(load["requests"])

@@ -105,6 +105,22 @@ class BenchEnvironment:
                     with contextlib.suppress(Exception):
                         channel.close()
 
+    def queue_depth(self, names: list[str]) -> int:
+        """Messages ready in these queues (0 for a queue that does not exist)."""
+        total = 0
+        with Connection(self.broker_url) as connection:
+            for name in names:
+                channel: Any = connection.channel()
+                try:
+                    _, messages, _ = channel.queue_declare(name, passive=True)
+                    total += int(messages)
+                except Exception:  # noqa: S112 - not declared: empty
+                    continue
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+        return total
+
 
 @dataclass
 class ProcessSpec:
