@@ -83,7 +83,7 @@ class Tuning:
     api_workers: int = 2
     api_threads: int = 16
     worker_concurrency: int = 1
-    worker_prefetch: int = 2
+    worker_prefetch: int = 16
     # One process per shard queue running batches in the consumer itself: the prefork pool would
     # pickle every decoded 1,000-row message across a pipe to its child (12 % of a worker's time).
     worker_pool: str = "solo"

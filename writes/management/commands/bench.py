@@ -35,6 +35,9 @@ class Command(BaseCommand):
         parser.add_argument("--queue-prefix", default="bench.writes", help="Queues <prefix>.shard_N (bench.writes).")
         parser.add_argument("--port", type=int, default=0, help="HTTP port of the measured API (default: a free one).")
         parser.add_argument("--output-dir", type=Path, default=settings.BASE_DIR / "bench" / "results")
+        parser.add_argument(
+            "--drain-timeout", type=float, default=120.0, help="Seconds to wait for the queues to drain (120)."
+        )
         parser.add_argument("--update-readme", action="store_true", help="Rewrite the README's bench table.")
         parser.add_argument("--api-workers", type=int, default=Tuning.api_workers)
         parser.add_argument("--api-threads", type=int, default=Tuning.api_threads)
@@ -68,7 +71,14 @@ class Command(BaseCommand):
             worker_prefetch=options["worker_prefetch"],
             worker_pool=options["worker_pool"],
         )
-        run = BenchRun(environment, duration=options["duration"], scenarios=scenarios, tuning=tuning, say=self._say)
+        run = BenchRun(
+            environment,
+            duration=options["duration"],
+            scenarios=scenarios,
+            tuning=tuning,
+            drain_timeout=options["drain_timeout"],
+            say=self._say,
+        )
         # Ctrl-C and SIGTERM unwind through the runner's finally blocks, which stop every process.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         load_before = [round(v, 2) for v in os.getloadavg()]
