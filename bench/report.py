@@ -102,6 +102,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"({document['machine']['cores']} cores, {document['machine']['cpu'] or 'unknown CPU'}, "
         f"{document['machine']['memory_gb']} GB; load average before the run {document['load_average_before']}), "
         f"{document['duration_s']:g} s per scenario. Raw data: `{document['json']}`.",
+        *_busy_note(document),
         "",
         "| scenario | accepted/s | applied/s | HTTP p50 / p95 / p99 ms | lag applied p50 / p99 s | "
         "peak RSS api / worker MB | errors | not applied (messages still queued) |",
@@ -138,6 +139,18 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", "Load generator CPU (share of one core): " + ", ".join(loadgen) + "."]
     lines += ["", f"![throughput and latency]({document['plot']})"]
     return "\n".join(lines) + "\n"
+
+
+def _busy_note(document: dict[str, Any]) -> list[str]:
+    cores = document["machine"]["cores"] or 1
+    load = max(document["load_average_before"][1], document["load_average_after"][1])
+    if load <= cores / 2:
+        return []
+    return [
+        "",
+        f"**The machine was busy** (5-minute load average up to {load:g} on {cores} cores, other work running): "
+        "absolute figures are low and noisy; compare scenarios within this run only.",
+    ]
 
 
 def plot(document: dict[str, Any], path: Path) -> None:

@@ -8,6 +8,7 @@ rows committed on the shards. After the load it waits for the queues to drain, t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -87,6 +88,7 @@ class Tuning:
     # One process per shard queue running batches in the consumer itself: the prefork pool would
     # pickle every decoded 1,000-row message across a pipe to its child (12 % of a worker's time).
     worker_pool: str = "solo"
+    workers_per_shard: int = 1
     naive_worker_concurrency: int = 2
 
 
@@ -259,10 +261,10 @@ class BenchRun:
         tuning = self.tuning
         specs = [ProcessSpec("api", gunicorn_command(workers=tuning.api_workers, threads=tuning.api_threads))]
         if scenario.workers == "shards":
-            for alias in self.environment.shard_aliases:
+            for alias, copy in itertools.product(self.environment.shard_aliases, range(tuning.workers_per_shard)):
                 command = worker_command(
                     [self.environment.queue(alias)],
-                    name=f"bench-{alias}",
+                    name=f"bench-{alias}-{copy}",
                     concurrency=tuning.worker_concurrency,
                     prefetch=tuning.worker_prefetch,
                     pool=tuning.worker_pool,

@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ class Command(BaseCommand):
         parser.add_argument("--api-threads", type=int, default=Tuning.api_threads)
         parser.add_argument("--worker-concurrency", type=int, default=Tuning.worker_concurrency)
         parser.add_argument("--worker-prefetch", type=int, default=Tuning.worker_prefetch)
+        parser.add_argument("--workers-per-shard", type=int, default=Tuning.workers_per_shard)
         parser.add_argument("--worker-pool", default=Tuning.worker_pool, choices=["solo", "prefork", "threads"])
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -70,6 +71,7 @@ class Command(BaseCommand):
             worker_concurrency=options["worker_concurrency"],
             worker_prefetch=options["worker_prefetch"],
             worker_pool=options["worker_pool"],
+            workers_per_shard=options["workers_per_shard"],
         )
         run = BenchRun(
             environment,
@@ -123,9 +125,9 @@ def _options_text(options: dict[str, Any]) -> str:
     parts = [f"--duration {options['duration']:g}"]
     if options["scenarios"] != ",".join(SCENARIOS):
         parts.append(f"--scenarios {options['scenarios']}")
-    for name in ("api_workers", "api_threads", "worker_concurrency", "worker_prefetch", "worker_pool"):
+    for name in [f.name for f in fields(Tuning)]:
         default = getattr(Tuning, name)
-        if options[name] != default:
+        if name in options and options[name] != default:
             parts.append(f"--{name.replace('_', '-')} {options[name]}")
     return " ".join(parts)
 
