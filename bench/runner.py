@@ -222,7 +222,7 @@ class BenchRun:
                 connection.execute("DROP TABLE IF EXISTS bench_copy_scratch")
                 if _has_table(connection, "projection_checkpoints"):
                     connection.execute("TRUNCATE projection_checkpoints")
-        self.environment.purge_queues(self._queues())
+        self.environment.purge_queues([*self._queues(), self.environment.queue("maintenance")])
         tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         names = [f"{name}-{tag}" for name in self.scenarios if name != "copy_limit"]
         output = subprocess.run(  # noqa: S603
@@ -270,6 +270,11 @@ class BenchRun:
                     pool=tuning.worker_pool,
                 )
                 specs.append(ProcessSpec("worker", command, queue=self.environment.queue(alias)))
+            # Housekeeping (the read-model projector, once it exists) runs as it would in production,
+            # so the lag to "visible in the read model" can be measured; idle otherwise.
+            maintenance = self.environment.queue("maintenance")
+            command = worker_command([maintenance], name="bench-maintenance", concurrency=1, prefetch=4, pool="solo")
+            specs.append(ProcessSpec("housekeeping", command, queue=maintenance))
         elif scenario.workers == "naive":
             command = worker_command(
                 [self.environment.queue("naive")],
@@ -326,7 +331,7 @@ class BenchRun:
             sampler.stop()
             # Messages still queued once the workers are gone: writes not applied yet, but not lost.
             result.messages_left_in_queue = self.environment.queue_depth(self._queues())
-            self.environment.purge_queues(self._queues())
+            self.environment.purge_queues([*self._queues(), self.environment.queue("maintenance")])
         result.load_average = [round(v, 2) for v in os.getloadavg()]
         result.requests = int(load["requests"])
         result.errors = load["errors"]

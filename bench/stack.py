@@ -124,7 +124,7 @@ class BenchEnvironment:
 
 @dataclass
 class ProcessSpec:
-    role: str  # "api" or "worker"
+    role: str  # "api", "worker" (applies writes) or "housekeeping" (maintenance queue)
     command: list[str]
     queue: str = ""  # a worker is ready once it consumes from this queue
 
@@ -158,7 +158,7 @@ class Stack:
                 time.sleep(0.2)
 
     def _ready(self, spec: ProcessSpec, log_path: Path) -> bool:
-        if spec.role == "worker":
+        if spec.queue:
             return self._consumers(spec.queue) > 0
         try:
             connection = http.client.HTTPConnection("127.0.0.1", self.environment.port, timeout=2)
