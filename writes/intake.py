@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 from django.conf import settings
 
-from writes.ids import uuid7
+from writes.ids import uuid7, uuid7_many
 from writes.metrics import ACCEPT_SECONDS, WRITES_ACCEPTED
 from writes.publisher import get_publisher
 from writes.routing import TenantContext
@@ -95,8 +95,11 @@ def event_rows(items: Sequence[EventIn], received_at: datetime, is_batch: bool) 
     rows: list[Row] = []
     errors: list[FieldError] = []
     received = received_at.isoformat()
+    # Server ids for the whole request at once: per-write id generation was a tenth of the API's time.
+    server_ids = iter(uuid7_many(sum(1 for item in items if item.id is None)))
     for index, item in enumerate(items):
         position = index if is_batch else None
+        write_id = str(item.id) if item.id is not None else next(server_ids)
         occurred = received
         if item.timestamp is not None:
             problem = check_timestamp(item.timestamp, received_at)
@@ -104,18 +107,13 @@ def event_rows(items: Sequence[EventIn], received_at: datetime, is_batch: bool) 
                 errors.append(FieldError(position, "timestamp", problem))
                 continue
             occurred = item.timestamp.isoformat()
-        properties = None
-        if item.properties is not None:
-            encoded = _json.encode(item.properties)
-            if len(encoded) > MAX_PROPERTIES_BYTES:
-                errors.append(
-                    FieldError(position, "properties", f"Larger than {MAX_PROPERTIES_BYTES} bytes once encoded.")
-                )
-                continue
-            properties = msgspec.Raw(encoded)
-        payload = _json.encode(EventPayload(distinct_id=item.distinct_id, properties=properties)).decode()
-        write_id = str(item.id) if item.id is not None else uuid7()
-        rows.append([write_id, item.name, payload, occurred])
+        # One encode per event. The payload holds the properties, so when it is within the limit the
+        # properties are too; only a payload over the limit needs the properties measured alone.
+        payload = _json.encode(EventPayload(distinct_id=item.distinct_id, properties=item.properties))
+        if len(payload) > MAX_PROPERTIES_BYTES and len(_json.encode(item.properties)) > MAX_PROPERTIES_BYTES:
+            errors.append(FieldError(position, "properties", f"Larger than {MAX_PROPERTIES_BYTES} bytes once encoded."))
+            continue
+        rows.append([write_id, item.name, payload.decode(), occurred])
     return rows, errors
 
 

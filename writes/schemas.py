@@ -52,10 +52,10 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class EventPayload(msgspec.Struct, omit_defaults=True):
-    """What the log keeps of an event besides its id, name and time."""
+    """What the log keeps of an event besides its id, name and time (encoded in one pass)."""
 
     distinct_id: str | None = None
-    properties: msgspec.Raw | None = None
+    properties: dict[str, Any] | None = None
 
 
 # --- Chat ---------------------------------------------------------------------------------

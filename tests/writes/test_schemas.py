@@ -93,3 +93,16 @@ def test_event_rows_keeps_client_ids_and_makes_uuid7_otherwise():
     rows, _ = event_rows(parse({"batch": [{"name": "a", "id": client_id}, {"name": "b"}]}), datetime.now(UTC), True)
     assert rows[0][0] == client_id
     assert rows[1][0][14] == "7"  # the version digit of a UUIDv7
+
+
+def test_event_rows_limits_the_properties_not_the_whole_payload():
+    from writes.schemas import MAX_PROPERTIES_BYTES
+
+    # Properties just under the limit, in a payload pushed over it by the distinct id: accepted.
+    filler = "x" * (MAX_PROPERTIES_BYTES - len('{"p":""}'))
+    fits = {"name": "a", "distinct_id": "d" * 200, "properties": {"p": filler}}
+    too_big = {"name": "b", "properties": {"p": filler + "y"}}
+    rows, errors = event_rows(parse({"batch": [fits, too_big]}), datetime.now(UTC), True)
+    assert [row[1] for row in rows] == ["a"]
+    assert json.loads(rows[0][2])["properties"] == {"p": filler}
+    assert [(e.index, e.field) for e in errors] == [(1, "properties")]
