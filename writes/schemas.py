@@ -25,9 +25,14 @@ ShortId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
 
 
+# Integers in free-form JSON must fit a signed 64-bit integer: what PostgreSQL's bigint, Java's long and
+# most consumers hold. Bigger numbers are sent as strings (or floats, knowingly).
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 def _nested_json_type(depth: int) -> Any:
     """JSON values nested at most ``depth`` containers deep, checked by msgspec in C."""
-    scalar: Any = str | int | float | bool | None
+    scalar: Any = str | Int64 | float | bool | None
     value: Any = scalar
     for _ in range(depth):
         value = scalar | list[value] | dict[str, value]
@@ -96,6 +101,9 @@ def decode_json(body: bytes) -> Any:
         return _any_decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BodyNotJson(str(exc)) from exc
+    except RecursionError as exc:
+        # Thousands of nested brackets exhaust the decoder's stack: a client error, not a crash.
+        raise BodyNotJson("nested too deeply") from exc
 
 
 def parse_writes(body: bytes, item_type: type[T], *, max_items: int) -> ParsedBody[T]:
@@ -152,6 +160,8 @@ def _field_error(index: int | None, raw: Any, message: str) -> FieldError:
     message, _, path = message.partition(" - at `")
     path = path.rstrip("`")
     field_name = path[2:] if path.startswith("$.") else (path or "$")
+    # msgspec writes "[...]" for a dict key it does not name; the field is what the client needs.
+    field_name = field_name.replace("[...]", "") or "$"
     if message.startswith("Object contains unknown field") and "`" in message:
         return FieldError(index, message.split("`")[1], "Unknown field.")
     if message.startswith("Object missing required field") and "`" in message:
