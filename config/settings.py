@@ -172,7 +172,6 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "SECURITY": [{"ApiKey": []}],
     "OAS_VERSION": "3.1.0",
     # Swagger UI served from the sidecar package: the docs page works with no internet access.
     "SWAGGER_UI_DIST": "SIDECAR",

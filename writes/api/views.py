@@ -76,7 +76,11 @@ class WriteStatusView(APIView):
         operation_id="writes_status",
         summary="Status of one write",
         parameters=[
-            OpenApiParameter("wait", float, description="Wait up to this many seconds (≤ 30) while pending."),
+            OpenApiParameter(
+                "wait",
+                {"type": "number", "minimum": 0, "maximum": 30},
+                description="Wait up to this many seconds (≤ 30) while pending.",
+            ),
         ],
         responses={200: openapi.response_of("WriteStatus"), **openapi.ERROR_RESPONSES},
     )
