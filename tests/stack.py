@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,31 +53,60 @@ def purge_queues() -> None:
 class Worker:
     """One ``celery worker`` process consuming the given queues."""
 
-    def __init__(self, queues: Iterable[str], *, concurrency: int = 1, name: str = "test") -> None:
+    def __init__(
+        self,
+        queues: Iterable[str],
+        *,
+        concurrency: int = 1,
+        name: str = "test",
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = ROOT / "var" / f"worker-{name}-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("w")
+        self._log = self.log_path.open("a")
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker",
             "-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
         ]  # fmt: skip
+        self._log_start = self.log_path.stat().st_size
+        # Its own process group, so a test can kill the worker and its pool children at once.
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=stack_environment(), stdout=self._log, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env={**stack_environment(), **(environment or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._wait_ready()
+
+    def log_text(self) -> str:
+        """What this process wrote (the log file may hold earlier workers' lines too)."""
+        with self.log_path.open() as log:
+            log.seek(self._log_start)
+            return log.read()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children, as the OOM killer or a lost machine would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()}")
-            if " ready." in self.log_path.read_text():
+                raise RuntimeError(f"worker exited early:\n{self.log_text()}")
+            if " ready." in self.log_text():
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_text()}")
 
     def stop(self) -> None:
+        if self._log.closed:
+            return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -8,6 +8,7 @@ data reason is bisected until each bad row stands alone; those are recorded in `
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,8 +91,7 @@ def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]]) -> ApplyResult:
         cursor.execute(_STAGING_DDL)
         applied = _apply_isolating(cursor, rows, rejected, first=True)
         for row, reason in rejected:
-            _, tenant_id, write_id, kind, key, payload, _, _ = row
-            cursor.execute(_REJECT, [tenant_id, write_id, kind, key, payload, "invalid_write", reason])
+            cursor.execute(_REJECT, _rejection_record(row, reason))
     if rejected:
         logger.warning("shard %s: rejected %d of %d writes", shard, len(rejected), len(rows))
     return ApplyResult(
@@ -126,6 +126,34 @@ def _copy_and_insert(cursor: Any, rows: list[StagedRow]) -> None:
             copy.write_row(row)
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
     cursor.execute(_INSERT)
+
+
+def _as_uuid(value: str, what: str, problems: list[str]) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        # Still recorded, under a stable stand-in id, so the rejection is visible rather than failing the batch.
+        stand_in = str(uuid.uuid5(uuid.NAMESPACE_URL, f"invalid:{value!r}"))
+        problems.append(f"{what} {str(value)[:100]!r} is not a UUID (recorded as {stand_in})")
+        return stand_in
+
+
+def _rejection_record(row: StagedRow, reason: str) -> list[str]:
+    """The ``rejected_writes`` values for a bad row, made storable whatever the row holds."""
+    _, tenant_id, write_id, kind, key, payload, _, _ = row
+    problems: list[str] = []
+    tenant = _as_uuid(tenant_id, "tenant id", problems)
+    write = _as_uuid(write_id, "write id", problems)
+    text = "; ".join([*problems, reason])
+    return [
+        tenant,
+        write,
+        str(kind)[:32],
+        str(key)[:200],
+        str(payload).replace("\x00", "\ufffd"),
+        "invalid_write",
+        text,
+    ]
 
 
 def _reason(exc: BaseException) -> str:

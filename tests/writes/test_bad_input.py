@@ -77,21 +77,40 @@ CASES = [
     Nasty("empty batch", lambda e: _json({"batch": []}), 400, "invalid", field="batch"),
     Nasty("batch not a list", lambda e: _json({"batch": e.valid_item}), 400, "invalid", field="batch"),
     Nasty("batch with another key", lambda e: _json({"batch": [e.valid_item], "x": 1}), 400, "invalid", field="x"),
-    Nasty("body 1 byte over 5 MiB", lambda e: b" " * (FIVE_MIB + 1 - len(_json(e.valid_item))) + _json(e.valid_item),
-          413, "payload_too_large"),  # fmt: skip
+    Nasty(
+        "body 1 byte over 5 MiB",
+        lambda e: b" " * (FIVE_MIB + 1 - len(_json(e.valid_item))) + _json(e.valid_item),
+        413,
+        "payload_too_large",
+    ),
     Nasty("deeply nested arrays", lambda e: b"[" * 100_000 + b"]" * 100_000, 400, "malformed_json"),
     Nasty("deeply nested objects", lambda e: b'{"a":' * 100_000 + b"1" + b"}" * 100_000, 400, "malformed_json"),
-    Nasty("number past 2^63 where a string belongs", lambda e: _raw_string(e, str(2**63).encode()), 400, "invalid",
-          field="string"),  # fmt: skip
-    Nasty("number past 2^64 where a string belongs", lambda e: _raw_string(e, str(2**64).encode()), 400, "invalid",
-          field="string"),  # fmt: skip
+    Nasty(
+        "number past 2^63 where a string belongs",
+        lambda e: _raw_string(e, str(2**63).encode()),
+        400,
+        "invalid",
+        field="string",
+    ),
+    Nasty(
+        "number past 2^64 where a string belongs",
+        lambda e: _raw_string(e, str(2**64).encode()),
+        400,
+        "invalid",
+        field="string",
+    ),
     Nasty("float where a string belongs", lambda e: _raw_string(e, b"1.5"), 400, "invalid", field="string"),
     Nasty("number overflowing a double", lambda e: _raw_string(e, b"1e400"), 400, "malformed_json"),
     Nasty("NaN", lambda e: _raw_string(e, b"NaN"), 400, "malformed_json"),
     Nasty("byte order mark", lambda e: b"\xef\xbb\xbf" + _json(e.valid_item), 400, "malformed_json"),
     Nasty("text/plain", lambda e: _json(e.valid_item), 415, "unsupported_media_type", content_type="text/plain"),
-    Nasty("form encoded", lambda e: b"name=x", 415, "unsupported_media_type",
-          content_type="application/x-www-form-urlencoded"),  # fmt: skip
+    Nasty(
+        "form encoded",
+        lambda e: b"name=x",
+        415,
+        "unsupported_media_type",
+        content_type="application/x-www-form-urlencoded",
+    ),
     Nasty("no content type", lambda e: _json(e.valid_item), 415, "unsupported_media_type", content_type=""),
     Nasty("empty body", lambda e: b"", 400, "malformed_json"),
     Nasty("whitespace body", lambda e: b"  \n", 400, "malformed_json"),
@@ -101,20 +120,39 @@ CASES = [
     Nasty("JSON string at the top level", lambda e: _json("hello"), 400, "invalid", field="$"),
     Nasty("JSON null", lambda e: b"null", 400, "invalid", field="$"),
     Nasty("unknown field", lambda e: _json(_item(e, colour="red")), 400, "invalid", field="colour"),
-    Nasty("tenant_id smuggled in", lambda e: _json(_item(e, tenant_id=str(uuid.uuid4()))), 400, "invalid",
-          field="tenant_id"),  # fmt: skip
+    Nasty(
+        "tenant_id smuggled in",
+        lambda e: _json(_item(e, tenant_id=str(uuid.uuid4()))),
+        400,
+        "invalid",
+        field="tenant_id",
+    ),
     Nasty("id that is not a UUID", lambda e: _json(_item(e, id="42")), 400, "invalid", field="id"),
     Nasty("integer id", lambda e: _json(_item(e, id=42)), 400, "invalid", field="id"),
 ]
 OBJECT_CASES = [
-    Nasty("object nested 11 levels", lambda e: _json(_item(e, **{e.object_field: _nested(11)})), 400, "invalid",
-          field="object"),  # fmt: skip
-    Nasty("integer past 2^63 in an object", lambda e: _json(_item(e, **{e.object_field: {"n": 2**63}})), 400,
-          "invalid", field="object"),  # fmt: skip
-    Nasty("NUL in an object key", lambda e: _json(_item(e, **{e.object_field: {"a\u0000": 1}})), 400, "invalid",
-          field="object"),  # fmt: skip
-    Nasty("object that is a list", lambda e: _json(_item(e, **{e.object_field: [1]})), 400, "invalid",
-          field="object"),  # fmt: skip
+    Nasty(
+        "object nested 11 levels",
+        lambda e: _json(_item(e, **{e.object_field: _nested(11)})),
+        400,
+        "invalid",
+        field="object",
+    ),
+    Nasty(
+        "integer past 2^63 in an object",
+        lambda e: _json(_item(e, **{e.object_field: {"n": 2**63}})),
+        400,
+        "invalid",
+        field="object",
+    ),
+    Nasty(
+        "NUL in an object key",
+        lambda e: _json(_item(e, **{e.object_field: {"a\u0000": 1}})),
+        400,
+        "invalid",
+        field="object",
+    ),
+    Nasty("object that is a list", lambda e: _json(_item(e, **{e.object_field: [1]})), 400, "invalid", field="object"),
 ]
 
 
@@ -178,6 +216,8 @@ def test_bad_status_query_answers_400(query, field):
 def test_malformed_authorization_answers_401(header):
     from django.test import Client
 
-    response = Client(HTTP_AUTHORIZATION=header).post("/api/v1/events", data=b'{"name":"x"}', content_type="application/json")
+    response = Client(HTTP_AUTHORIZATION=header).post(
+        "/api/v1/events", data=b'{"name":"x"}', content_type="application/json"
+    )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"

@@ -78,7 +78,7 @@ def test_batch_failing_transiently_goes_to_dead_letters_after_capped_retries_and
         wait_until(lambda: dead_letter_depth() == 1)
         # Backoff between the capped attempts: 0.2 + 0.4 + 0.8 + 1.6 seconds at least.
         assert time.monotonic() - started >= 2.5
-        assert f"giving up after {MAX_TRANSIENT_ATTEMPTS} attempts" in live_worker.log_path.read_text()
+        assert f"giving up after {MAX_TRANSIENT_ATTEMPTS} attempts" in live_worker.log_text()
         assert stuck.get(f"/api/v1/writes/{stuck_id}").json()["status"] == "pending"
 
         listing = io.StringIO()

@@ -87,4 +87,3 @@ def test_a_write_reusing_another_tenants_id_is_its_own_and_stays_on_its_shard(li
     theirs = WriteLog.objects.using("shard_0").get(write_id=write_id)
     assert (theirs.tenant_id, theirs.key) == (intruder.tenant.id, "mine")
     assert owner.get(path).json()["position"] == owners.position
-
