@@ -10,10 +10,11 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
-from kombu import Connection
+from kombu import Connection, Queue
 
 from writes.queues import all_queues, dead_letter_queue
 
@@ -39,6 +40,15 @@ def stack_environment() -> dict[str, str]:
         "WRITES_QUEUE_PREFIX": settings.WRITES_QUEUE_PREFIX,
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def queue_depth(queue: Queue) -> int:
+    """Messages ready in a queue (declared first, so a queue not used yet counts as empty)."""
+    with Connection(settings.CELERY_BROKER_URL) as connection:
+        channel: Any = connection.channel()
+        bound: Any = queue.bind(channel)
+        bound.declare()
+        return int(bound.queue_declare(passive=True).message_count)
 
 
 def purge_queues() -> None:

@@ -75,8 +75,8 @@ def _writes_in(message: amqp.Message) -> int | None:
     try:
         args, _, _ = loads(
             message.body,
-            message.properties.get("content_type"),
-            message.properties.get("content_encoding"),
+            str(message.properties.get("content_type") or ""),
+            str(message.properties.get("content_encoding") or ""),
             accept=settings.CELERY_ACCEPT_CONTENT,
         )
         return sum(len(group[3]) for group in args[1])
@@ -87,7 +87,7 @@ def _writes_in(message: amqp.Message) -> int | None:
 @contextmanager
 def _channel() -> Iterator[tuple[Any, int]]:
     with Connection(settings.CELERY_BROKER_URL, transport_options={"confirm_publish": True}) as connection:
-        channel = connection.channel()
+        channel: Any = connection.channel()
         dead_letter_queue().bind(channel).declare()
         _, depth, _ = channel.queue_declare(queue=dead_letter_queue_name(), passive=True)
         try:

@@ -282,6 +282,7 @@ class PrivateRabbit:
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
         self.process: subprocess.Popen[bytes] | None = None
         self.opened_at = 0.0
+        self.hard_stops = 0
 
     def environment(self) -> dict[str, str]:
         return {
@@ -313,29 +314,48 @@ class PrivateRabbit:
         self.opened_at = time.monotonic()
         time.sleep(1)  # the port opens a moment before logins are accepted
 
-    def stop(self, *, timeout: float = 60) -> None:
+    def node_pids(self) -> list[int]:
+        """The node's Erlang VM: su starts it in a session of its own, so it is found by its node name."""
+        marker = f"RABBITMQ_NODENAME={self.node}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if (
+                        marker in (entry / "environ").read_bytes().split(b"\0")
+                        and b"beam" in (entry / "cmdline").read_bytes()
+                    ):
+                        found.append(int(entry.name))
+        return found
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown); if the node still listens after 20 s, SIGKILL (a crash) instead."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+        for pid in self.node_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            wait_until(lambda: not self.answers() and not self.node_pids(), timeout=20, what="node stopped")
+        except AssertionError:
+            self.hard_stops += 1
+            for pid in self.node_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        wait_until(lambda: not self.answers(), timeout=timeout, what="private RabbitMQ down", interval=0.25)
-        self._kill_leftovers()
+        self.process.wait()
+        wait_until(lambda: not self.answers() and not self.node_pids(), timeout=30, what="private RabbitMQ down")
         self.process = None
 
-    def _kill_leftovers(self) -> None:
-        """The Erlang VM runs as another user under su; make sure nothing of this node survives."""
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
     def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            for pid in self.node_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 @contextlib.contextmanager

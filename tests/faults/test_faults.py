@@ -13,7 +13,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -35,7 +35,7 @@ from tests.faults.harness import (
     shard_unavailable,
     wait_until,
 )
-from tests.stack import Worker
+from tests.stack import Worker, queue_depth
 from writes.models import RejectedWrite, WriteLog
 from writes.publisher import CoalescingPublisher
 from writes.queues import all_queues, dead_letter_queue, queue_name
@@ -147,7 +147,11 @@ def test_broker_restart_answers_503_while_down_and_everything_recovers_by_itself
                 result,
                 in_flight_at_fault=flying,
                 timeout=180,
-                extra={"answers_while_down": len(while_down), "seconds_down": round(up_at - down_at, 1)},
+                extra={
+                    "answers_while_down": len(while_down),
+                    "seconds_down": round(up_at - down_at, 1),
+                    "stopped_by_sigkill": rabbit.hard_stops,
+                },
             )
     finally:
         if load is not None:
@@ -178,9 +182,7 @@ def test_shard_unavailable_for_30_seconds_holds_its_writes_and_the_other_shard_k
             time.sleep(SHARD_OUTAGE_SECONDS)
             applied_up_during = applied_count([tenant_up]) - applied_up_before
             accepted_down_during = len(load.result.accepted[tenant_down.tenant.id]) - accepted_down_before
-            with Connection(settings.CELERY_BROKER_URL) as connection:
-                queue = next(q for q in all_queues() if q.name == queue_name(down)).bind(connection.channel())
-                _, waiting, _ = queue.queue_declare(passive=True)
+            waiting = queue_depth(next(q for q in all_queues() if q.name == queue_name(down)))
             outage = time.monotonic() - started
         load.wait_for_accepted(load.accepted_count() + 1_000)
         result = load.stop()
@@ -219,8 +221,12 @@ def test_api_process_sigkilled_loses_no_write_it_answered_202():
             peak = max(peak, in_flight(load, tenants))
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
+
+            def replaced(victim: int = victim) -> bool:
+                return len(api.worker_pids()) == 2 and victim not in api.worker_pids()
+
             wait_until(
-                lambda victim=victim: len(api.worker_pids()) == 2 and victim not in api.worker_pids(),
+                replaced,
                 timeout=60,
                 what="gunicorn replaced the killed process",
             )
@@ -234,7 +240,7 @@ def test_api_process_sigkilled_loses_no_write_it_answered_202():
     assert_exactly_once(outcome)
 
 
-POISON = {
+POISON: dict[str, tuple[Callable[[str, str], list[str]], str]] = {
     # kind of poison: (row builder, a word the recorded reason contains)
     "payload_not_json": (lambda i, now: [i, "poison", "{not json", now], "json"),
     "timestamp_unparseable": (lambda i, now: [i, "poison", "{}", "the day after tomorrow"], "time"),
@@ -267,11 +273,7 @@ def failing_transiently(shard: str, tenant_id: uuid.UUID) -> Iterator[None]:
 
 
 def dead_letter_depth() -> int:
-    with Connection(settings.CELERY_BROKER_URL) as connection:
-        queue = dead_letter_queue().bind(connection.channel())
-        queue.declare()
-        _, depth, _ = queue.queue_declare(passive=True)
-        return int(depth)
+    return queue_depth(dead_letter_queue())
 
 
 def test_poison_writes_are_isolated_and_a_transiently_failing_batch_is_dead_lettered_and_replayed():

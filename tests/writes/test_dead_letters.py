@@ -16,6 +16,7 @@ from django.db import connections
 from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, make_tenant
+from tests.stack import queue_depth
 from writes.models import WriteLog
 from writes.queues import dead_letter_queue, dead_letter_queue_name, queue_name
 from writes.tasks import MAX_TRANSIENT_ATTEMPTS
@@ -48,11 +49,7 @@ def failing_transiently(shard: str, tenant_id: uuid.UUID) -> Iterator[None]:
 
 
 def dead_letter_depth() -> int:
-    with Connection(settings.CELERY_BROKER_URL) as connection:
-        queue = dead_letter_queue().bind(connection.channel())
-        queue.declare()
-        _, depth, _ = queue.queue_declare(passive=True)
-        return int(depth)
+    return queue_depth(dead_letter_queue())
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float = 30.0) -> None:
