@@ -43,7 +43,16 @@ class WriteStatus(msgspec.Struct):
     rejected_at: datetime | None = None
 
 
-DOCUMENTED: list[type[msgspec.Struct]] = [EventIn, Error, WritesAccepted, WriteStatus]
+class Health(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+DOCUMENTED: list[type[msgspec.Struct]] = [EventIn, Error, WritesAccepted, WriteStatus, Health, Readiness]
 
 
 def ref(name: str) -> dict[str, str]:
