@@ -6,6 +6,7 @@ item by index and field. All-or-nothing: one bad item fails the whole request.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -106,8 +107,27 @@ def decode_json(body: bytes) -> Any:
         raise BodyNotJson("nested too deeply") from exc
 
 
+# msgspec builds a Struct's validation info on first use and caches it on the class. Two threads doing
+# that at once crash the process (SIGSEGV in an API process serving its first concurrent requests,
+# reproduced every time by tests/writes/test_schemas_threads.py), so each item type is prepared once,
+# under a lock, before any thread converts with it.
+_prepared: set[type] = set()
+_prepare_lock = threading.Lock()
+
+
+def prepare_item_type(item_type: type[msgspec.Struct]) -> None:
+    if item_type in _prepared:
+        return
+    with _prepare_lock:
+        if item_type not in _prepared:
+            msgspec.json.Decoder(list[item_type])  # type: ignore[valid-type]
+            msgspec.convert([], list[item_type])  # type: ignore[valid-type]
+            _prepared.add(item_type)
+
+
 def parse_writes(body: bytes, item_type: type[T], *, max_items: int) -> ParsedBody[T]:
     """Decode one item or ``{"batch": [...]}`` and validate every item against ``item_type``."""
+    prepare_item_type(item_type)
     document = decode_json(body)
     if isinstance(document, dict) and "batch" in document:
         if len(document) != 1:

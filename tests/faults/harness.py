@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
+from django.db import OperationalError, connections
 
 from tests.conftest import TenantHandle
 from tests.stack import ROOT, stack_environment
@@ -61,7 +61,9 @@ def children_of(pid: int) -> list[int]:
 class ApiServer:
     """``gunicorn`` serving the API against the test databases, in its own process group."""
 
-    def __init__(self, *, environment: dict[str, str] | None = None, workers: int = 2, threads: int = 8) -> None:
+    # Few threads: every thread keeps a connection to the control database, and the PostgreSQL server
+    # (max_connections) is shared with whatever else runs on the machine.
+    def __init__(self, *, environment: dict[str, str] | None = None, workers: int = 2, threads: int = 4) -> None:
         self.port = free_port()
         self.log_path = ROOT / "var" / f"api-faults-{os.getpid()}.log"
         self._log = self.log_path.open("a")
@@ -70,6 +72,8 @@ class ApiServer:
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
             "WEB_THREADS": str(threads),
+            # A crash of an API process leaves the Python stacks of all its threads in the log.
+            "PYTHONFAULTHANDLER": "1",
             **(environment or {}),
         }
         command = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
@@ -182,12 +186,19 @@ class Load:
         return self.result
 
 
-def applied_count(tenants: list[TenantHandle]) -> int:
-    total = 0
-    for tenant in tenants:
-        connections[tenant.shard].close_if_unusable_or_obsolete()
-        total += WriteLog.objects.using(tenant.shard).filter(tenant_id=tenant.tenant.id).count()
-    return total
+def applied_count(tenants: list[TenantHandle], *, attempts: int = 10) -> int:
+    for attempt in range(attempts):
+        try:
+            total = 0
+            for tenant in tenants:
+                connections[tenant.shard].close_if_unusable_or_obsolete()
+                total += WriteLog.objects.using(tenant.shard).filter(tenant_id=tenant.tenant.id).count()
+            return total
+        except OperationalError:  # e.g. "too many clients" on a shared server: ask again
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def in_flight(load: Load, tenants: list[TenantHandle]) -> int:
@@ -238,7 +249,13 @@ def count_outcome(
 
     deadline = time.monotonic() + timeout
     while True:
-        applied, rejected, duplicated = settled()
+        try:
+            applied, rejected, duplicated = settled()
+        except OperationalError:  # e.g. "too many clients" on a shared server: ask again
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+            continue
         if applied + rejected >= result.accepted_count or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -211,7 +211,7 @@ def test_api_process_sigkilled_loses_no_write_it_answered_202():
     tenants = tenants_on_every_shard("kill-api")
     api = ApiServer(workers=2)
     workers = start_workers()
-    load = Load(api.port, tenants, batch=200, threads=6)
+    load = Load(api.port, tenants, batch=200)
     try:
         load.wait_for_accepted(2_000)
         peak = 0
