@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install browser bench clean
+.PHONY: run test faults lint typecheck pytest install browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ run: $(STAMP)
 browser:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
 # The benchmark (bench/README section of README.md): its own databases, queues and port; about 6 minutes.
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--duration 10 --scenarios batched,copy_limit".
 BENCH_ARGS ?= --update-readme
@@ -41,6 +42,11 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# Fault tests under load (worker/API SIGKILL, broker restart, shard outage, poison): a few minutes,
+# so not part of `make test`; CI runs them after it. Numbers land in var/faults/*.json.
+faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

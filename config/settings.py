@@ -123,6 +123,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # A task that fails for good is rejected, not acked, so the quorum queue dead-letters it.
 CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = False
+CELERY_TASK_ACKS_ON_FAILURE = False
 CELERY_TASK_IGNORE_RESULT = True
 # Quorum queues replicate every ack through their log before the consumer gets more credit, so a
 # prefetch of 2 capped a worker at a few dozen messages/s on a busy machine (the queue grew while
@@ -161,6 +162,10 @@ WRITES_PUBLISH_TIMEOUT_SECONDS = env_float("WRITES_PUBLISH_TIMEOUT_SECONDS", 1.5
 WRITES_MAX_BATCH_ITEMS = 10_000
 WRITES_MAX_BODY_BYTES = 5 * 1024 * 1024
 WRITES_STATUS_MAX_WAIT_SECONDS = 30
+# Per-tenant request rate, per API process (token bucket; 0 turns it off). The defaults sit far above
+# a busy client's batched load (1,000-event batches at tens of requests a second) and only stop floods.
+WRITES_RATE_LIMIT_PER_SECOND = env_float("WRITES_RATE_LIMIT_PER_SECOND", 2000.0)
+WRITES_RATE_LIMIT_BURST = env_float("WRITES_RATE_LIMIT_BURST", 4000.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = WRITES_MAX_BODY_BYTES + 1
 
 # --- The read side -------------------------------------------------------------------------
@@ -181,6 +186,7 @@ WRITES_MOVE_MAX_CATCH_UP_SECONDS = env_float("WRITES_MOVE_MAX_CATCH_UP_SECONDS",
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["writes.api.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["writes.api.auth.IsTenant"],
+    "DEFAULT_THROTTLE_CLASSES": ["writes.api.throttling.TenantRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -195,7 +201,6 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "SECURITY": [{"ApiKey": []}],
     "OAS_VERSION": "3.1.0",
     # Swagger UI served from the sidecar package: the docs page works with no internet access.
     "SWAGGER_UI_DIST": "SIDECAR",

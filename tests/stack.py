@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,10 +13,11 @@ import time
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
-from kombu import Connection
+from kombu import Connection, Queue
 
 from writes.queues import all_queues, dead_letter_queue
 
@@ -43,6 +45,15 @@ def stack_environment() -> dict[str, str]:
     }
 
 
+def queue_depth(queue: Queue) -> int:
+    """Messages ready in a queue (declared first, so a queue not used yet counts as empty)."""
+    with Connection(settings.CELERY_BROKER_URL) as connection:
+        channel: Any = connection.channel()
+        bound: Any = queue.bind(channel)
+        bound.declare()
+        return int(bound.queue_declare(passive=True).message_count)
+
+
 def purge_queues() -> None:
     with Connection(settings.CELERY_BROKER_URL) as connection:
         channel = connection.channel()
@@ -66,39 +77,71 @@ def scrape(url: str) -> str:
 class Worker:
     """One ``celery worker`` process consuming the given queues, exporting its metrics on ``metrics_port``."""
 
-    def __init__(self, queues: Iterable[str], *, concurrency: int = 1, name: str = "test") -> None:
+    def __init__(
+        self,
+        queues: Iterable[str],
+        *,
+        concurrency: int = 1,
+        name: str = "test",
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.metrics_port = free_port()
         self._metrics_dir = tempfile.TemporaryDirectory(prefix="worker-metrics-")
         self.log_path = ROOT / "var" / f"worker-{name}-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("w")
+        self._log = self.log_path.open("a")
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker",
             "-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
         ]  # fmt: skip
-        environment = {
-            **stack_environment(),
-            "WORKER_METRICS_PORT": str(self.metrics_port),
-            "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir.name,
-        }
-        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+        self._log_start = self.log_path.stat().st_size
+        # Its own process group, so a test can kill the worker and its pool children at once.
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={
+                **stack_environment(),
+                "WORKER_METRICS_PORT": str(self.metrics_port),
+                "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir.name,
+                **(environment or {}),
+            },
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait_ready()
 
     def metrics(self) -> str:
         return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
+    def log_text(self) -> str:
+        """What this process wrote (the log file may hold earlier workers' lines too)."""
+        with self.log_path.open() as log:
+            log.seek(self._log_start)
+            return log.read()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children, as the OOM killer or a lost machine would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+        self._metrics_dir.cleanup()
+
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()}")
-            if " ready." in self.log_path.read_text():
+                raise RuntimeError(f"worker exited early:\n{self.log_text()}")
+            if " ready." in self.log_text():
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log_text()}")
 
     def stop(self) -> None:
+        if self._log.closed:
+            return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -168,8 +168,7 @@ def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = T
         for hook, decision in decisions:
             hook.after_insert(cursor, decision)
         for row, code, reason in rejected:
-            _, tenant_id, write_id, kind, key, payload, _, _ = row
-            cursor.execute(_REJECT, [tenant_id, write_id, kind, key, payload, code, reason])
+            cursor.execute(_REJECT, _rejection_record(row, code, reason))
         if diversion is not None and diversion.rows:
             _forward(cursor, shard, [diversion.rows[seq] for seq in sorted(diversion.rows)])
     if rejected:
@@ -269,6 +268,34 @@ def regroup(rows: Sequence[StagedRow]) -> list[list[Any]]:
             groups.append([tenant_id, kind, received_at, []])
         groups[-1][3].append([write_id, key, payload, occurred_at])
     return groups
+
+
+def _as_uuid(value: str, what: str, problems: list[str]) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        # Still recorded, under a stable stand-in id, so the rejection is visible rather than failing the batch.
+        stand_in = str(uuid.uuid5(uuid.NAMESPACE_URL, f"invalid:{value!r}"))
+        problems.append(f"{what} {str(value)[:100]!r} is not a UUID (recorded as {stand_in})")
+        return stand_in
+
+
+def _rejection_record(row: StagedRow, code: str, reason: str) -> list[str]:
+    """The ``rejected_writes`` values for a bad row, made storable whatever the row holds."""
+    _, tenant_id, write_id, kind, key, payload, _, _ = row
+    problems: list[str] = []
+    tenant = _as_uuid(tenant_id, "tenant id", problems)
+    write = _as_uuid(write_id, "write id", problems)
+    text = "; ".join([*problems, reason])
+    return [
+        tenant,
+        write,
+        str(kind)[:32],
+        str(key)[:200],
+        str(payload).replace("\x00", "\ufffd"),
+        code,
+        text,
+    ]
 
 
 def _reason(exc: BaseException) -> str:

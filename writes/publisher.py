@@ -69,6 +69,7 @@ class CoalescingPublisher:
         self._connection: Connection | None = None
         self._producer: Producer | None = None
         self._declared: set[str] = set()
+        register_serializer()  # the msgpack serializer must exist before the first publish
         self._thread = threading.Thread(target=self._run, name="writes-publisher", daemon=True)
         self._thread.start()
 

@@ -6,6 +6,7 @@ item by index and field. All-or-nothing: one bad item fails the whole request.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,9 +28,14 @@ Timestamp = Annotated[datetime, Meta(tz=True)]
 PathId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern="^[^/]+$")]
 
 
+# Integers in free-form JSON must fit a signed 64-bit integer: what PostgreSQL's bigint, Java's long and
+# most consumers hold. Bigger numbers are sent as strings (or floats, knowingly).
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 def _nested_json_type(depth: int) -> Any:
     """JSON values nested at most ``depth`` containers deep, checked by msgspec in C."""
-    scalar: Any = str | int | float | bool | None
+    scalar: Any = str | Int64 | float | bool | None
     value: Any = scalar
     for _ in range(depth):
         value = scalar | list[value] | dict[str, value]
@@ -184,10 +190,32 @@ def decode_json(body: bytes) -> Any:
         return _any_decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BodyNotJson(str(exc)) from exc
+    except RecursionError as exc:
+        # Thousands of nested brackets exhaust the decoder's stack: a client error, not a crash.
+        raise BodyNotJson("nested too deeply") from exc
+
+
+# msgspec builds a Struct's validation info on first use and caches it on the class. Two threads doing
+# that at once crash the process (SIGSEGV in an API process serving its first concurrent requests,
+# reproduced every time by tests/writes/test_schemas_threads.py), so each item type is prepared once,
+# under a lock, before any thread converts with it.
+_prepared: set[type] = set()
+_prepare_lock = threading.Lock()
+
+
+def prepare_item_type(item_type: type[msgspec.Struct]) -> None:
+    if item_type in _prepared:
+        return
+    with _prepare_lock:
+        if item_type not in _prepared:
+            msgspec.json.Decoder(list[item_type])  # type: ignore[valid-type]
+            msgspec.convert([], list[item_type])  # type: ignore[valid-type]
+            _prepared.add(item_type)
 
 
 def parse_writes(body: bytes, item_type: type[T], *, max_items: int) -> ParsedBody[T]:
     """Decode one item or ``{"batch": [...]}`` and validate every item against ``item_type``."""
+    prepare_item_type(item_type)
     document = decode_json(body)
     if isinstance(document, dict) and "batch" in document:
         if len(document) != 1:
@@ -240,6 +268,8 @@ def _field_error(index: int | None, raw: Any, message: str) -> FieldError:
     message, _, path = message.partition(" - at `")
     path = path.rstrip("`")
     field_name = path[2:] if path.startswith("$.") else (path or "$")
+    # msgspec writes "[...]" for a dict key it does not name; the field is what the client needs.
+    field_name = field_name.replace("[...]", "") or "$"
     if message.startswith("Object contains unknown field") and "`" in message:
         return FieldError(index, message.split("`")[1], "Unknown field.")
     if message.startswith("Object missing required field") and "`" in message:

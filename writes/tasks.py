@@ -39,14 +39,25 @@ MAX_TRANSIENT_ATTEMPTS = 5
 MAX_BACKOFF_SECONDS = 5.0
 
 
+# Server-side codes that mean "this connection or server is going away", not "this statement failed".
+_CONNECTION_SQLSTATES = {"57P01", "57P02", "57P03"}  # admin_shutdown, crash_shutdown, cannot_connect_now
+
+
 def _is_connection_failure(exc: BaseException) -> bool:
-    """The database (or, forwarding a moved shard's writes, the broker) could not be reached."""
+    """The database could not be reached (as opposed to a statement that failed on a live connection).
+
+    libpq reports refused, lost and closed connections without an SQLSTATE; the server uses class 08 and
+    the shutdown codes. Anything else (serialization failure, deadlock, lock or statement timeout) failed
+    on a live connection and counts towards the retry cap. A moved logical shard's writes that could not
+    be forwarded (the broker is down) wait the same way.
+    """
     if isinstance(exc, ForwardFailed):
         return True
     cause = exc.__cause__ if isinstance(exc, OperationalError) else exc
-    if isinstance(cause, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+    if not isinstance(cause, psycopg.OperationalError):
         return False
-    return isinstance(cause, psycopg.OperationalError)
+    sqlstate = cause.sqlstate
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES
 
 
 def with_shard_retries(shard: str, work: Callable[[], T]) -> T:

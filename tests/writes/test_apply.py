@@ -67,3 +67,19 @@ def test_write_log_rejects_update_and_delete_in_the_database():
         ):
             cursor.execute(statement)
     assert WriteLog.objects.using("shard_0").filter(tenant_id=tenant, key="signup").count() == 1
+
+
+def test_apply_batch_records_rows_whose_id_or_key_cannot_be_stored_as_they_are():
+    """Rows that never came through the API (a foreign producer, a replayed old message) are still
+    isolated and recorded, under a stand-in id when theirs is not a UUID, never failing the batch."""
+    tenant = uuid.uuid4()
+    good = [event(name=f"g{i}") for i in range(4)]
+    bad_id = ["not-a-uuid", "bad-id", "{}", NOW]
+    long_key = [str(uuid.uuid4()), "k" * 300, "{}", NOW]
+    result = apply_batch(shard="shard_0", groups=[group(tenant, [good[0], bad_id, good[1], long_key, *good[2:]])])
+    assert (result.applied, result.rejected) == (4, 2)
+    rejected = {r.key[:6]: r for r in RejectedWrite.objects.using("shard_0").filter(tenant_id=tenant)}
+    assert set(rejected) == {"bad-id", "kkkkkk"}
+    assert "'not-a-uuid' is not a UUID" in rejected["bad-id"].reason
+    assert str(rejected["kkkkkk"].write_id) == long_key[0]
+    assert "too long" in rejected["kkkkkk"].reason

@@ -35,6 +35,7 @@ class AccountsView(APIView):
             200: OpenApiResponse(response=openapi.ref("AccountOut"), description="Already existed, identical."),
             409: OpenApiResponse(response=openapi.ref("Error"), description="Exists with other attributes."),
             **openapi.ERROR_RESPONSES,
+            **openapi.BODY_RESPONSES,
         },
     )
     def post(self, request: Request) -> Response:

@@ -12,7 +12,7 @@ import msgspec
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse
 
-from writes.schemas import AccountIn, EventIn, MembersIn, MessageIn, ReadIn, TransferIn
+from writes.schemas import MAX_NESTING, AccountIn, EventIn, MembersIn, MessageIn, ReadIn, TransferIn
 
 REF = "#/components/schemas/{name}"
 
@@ -116,6 +116,15 @@ class AccountOut(msgspec.Struct):
     transfer_count: int | None = None
 
 
+class Health(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
 DOCUMENTED: list[type[msgspec.Struct]] = [
     EventIn,
     Error,
@@ -130,6 +139,8 @@ DOCUMENTED: list[type[msgspec.Struct]] = [
     MessagePage,
     InboxOut,
     AccountOut,
+    Health,
+    Readiness,
 ]
 
 
@@ -174,20 +185,38 @@ ERROR_RESPONSES: dict[int, OpenApiResponse] = {
     400: _error("Invalid request; `details` lists every bad item by index and field."),
     401: _error("Missing, unknown or revoked API key."),
     404: _error("Not found (or not this tenant's)."),
+    429: _error("Rate limited; see Retry-After."),
+}
+BODY_RESPONSES: dict[int, OpenApiResponse] = {
+    413: _error("Body too large."),
+    415: _error("Body is not application/json."),
 }
 WRITE_RESPONSES: dict[int, Any] = {
     202: OpenApiResponse(response=ref("WritesAccepted"), description="Durable in RabbitMQ; will be applied."),
     **ERROR_RESPONSES,
-    413: _error("Body too large."),
-    415: _error("Body is not application/json."),
-    429: _error("Rate limited; see Retry-After."),
+    **BODY_RESPONSES,
     503: _error("Broker unavailable or queue full; see Retry-After."),
 }
+
+
+# Free-form JSON objects (event properties) as documented. msgspec spells the nesting limit out as
+# ten levels of unrolled unions (over 200 KB of schema that clients and fuzzers choke on); the limit is
+# stated in words instead, and integers keep their 64-bit range.
+JSON_OBJECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": f"Free-form JSON object, nested at most {MAX_NESTING} levels deep; integers must fit "
+    "a signed 64-bit integer; no NUL characters.",
+    "additionalProperties": True,
+}
+FREE_FORM_FIELDS: dict[str, list[str]] = {"EventIn": ["properties"], "TransferIn": ["metadata"]}
 
 
 def add_msgspec_components(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """drf-spectacular post-processing hook: add the msgspec structs as components."""
     _, components = msgspec.json.schema_components(DOCUMENTED, ref_template=REF)
+    for struct, fields in FREE_FORM_FIELDS.items():
+        for name in fields:
+            components[struct]["properties"][name] = {"anyOf": [JSON_OBJECT_SCHEMA, {"type": "null"}]}
     result.setdefault("components", {}).setdefault("schemas", {}).update(components)
     return result
 

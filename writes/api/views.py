@@ -10,10 +10,12 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rest_framework import status
+from rest_framework.decorators import api_view, authentication_classes, permission_classes, throttle_classes
 from rest_framework.exceptions import NotFound, UnsupportedMediaType, ValidationError
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -79,7 +81,11 @@ class WriteStatusView(APIView):
         operation_id="writes_status",
         summary="Status of one write",
         parameters=[
-            OpenApiParameter("wait", float, description="Wait up to this many seconds (≤ 30) while pending."),
+            OpenApiParameter(
+                "wait",
+                {"type": "number", "minimum": 0, "maximum": 30},
+                description="Wait up to this many seconds (≤ 30) while pending.",
+            ),
         ],
         responses={200: openapi.response_of("WriteStatus"), **openapi.ERROR_RESPONSES},
     )
@@ -127,11 +133,38 @@ def write_status(*, tenant_id: uuid.UUID, write_id: uuid.UUID) -> dict[str, Any]
     return {"id": str(write_id), "status": "pending"}
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
+# Health checks are DRF views so that they are in the OpenAPI schema (and fuzzed with the rest); they
+# need no key and are never throttled.
+
+
+@extend_schema(
+    operation_id="healthz",
+    summary="Liveness: the process answers",
+    auth=[],
+    responses={200: openapi.response_of("Health")},
+)
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+@throttle_classes([])
+def healthz(request: Request) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def readyz(request: HttpRequest) -> JsonResponse:
+@extend_schema(
+    operation_id="readyz",
+    summary="Readiness: the databases and the broker answer",
+    auth=[],
+    responses={
+        200: openapi.response_of("Readiness"),
+        503: OpenApiResponse(response=openapi.ref("Error"), description="A dependency is unavailable."),
+    },
+)
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+@throttle_classes([])
+def readyz(request: Request) -> JsonResponse:
     checks: dict[str, str] = {}
     for alias in ["default", *settings.SHARD_ALIASES]:
         try:
