@@ -142,14 +142,15 @@ def markdown(document: dict[str, Any]) -> str:
 
 
 def _busy_note(document: dict[str, Any]) -> list[str]:
+    # The run loads the machine itself, so only the load before it says whether other work was running.
     cores = document["machine"]["cores"] or 1
-    load = max(document["load_average_before"][1], document["load_average_after"][1])
+    load = document["load_average_before"][0]
     if load <= cores / 2:
         return []
     return [
         "",
-        f"**The machine was busy** (5-minute load average up to {load:g} on {cores} cores, other work running): "
-        "absolute figures are low and noisy; compare scenarios within this run only.",
+        f"**The machine was busy** (1-minute load average {load:g} on {cores} cores before the run: other work "
+        "was running): absolute figures are low and noisy; compare scenarios within this run only.",
     ]
 
 

@@ -67,7 +67,7 @@ class Command(BaseCommand):
             name = f"worker-{index}"
             commands[name] = [
                 python, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues),
-                "-c", concurrency, "-n", f"worker{index}@%h", "-l", "INFO",
+                "-c", concurrency, "-n", f"{settings.WRITES_QUEUE_PREFIX}-worker{index}@%h", "-l", "INFO",
             ]  # fmt: skip
             environments[name] = {
                 **environment,
