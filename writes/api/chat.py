@@ -3,8 +3,10 @@ messages and inboxes are read from the read models, with ``as_of`` and ``lag_sec
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import msgspec
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import NotFound, ValidationError
@@ -24,13 +26,15 @@ from readmodels.selectors.chat import (
 from readmodels.selectors.freshness import projection_freshness, wait_for_position
 from writes.api import openapi
 from writes.api.views import accepted_response, read_json_body, tenant_of
-from writes.intake import accept_writes, members_rows_for, message_rows_for, read_rows_for
+from writes.intake import RowBuilder, accept_writes, members_rows_for, message_rows_for, read_rows_for
 from writes.schemas import MembersIn, MessageIn, ReadIn, ValidationFailed, check_id_text
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 PROJECTION = ChatProjection.name
 
 MIN_POSITION = OpenApiParameter(
-    "min_position", int, description="Wait (up to 10 s) until the read model has passed this log position."
+    "min_position", int, description="Wait (up to 30 s) until the read model has passed this log position."
 )
 
 
@@ -82,6 +86,23 @@ class ConversationView(APIView):
         return Response({**summary, **freshness})
 
 
+def _accept(
+    request: Request,
+    conversation_id: str,
+    *,
+    kind: str,
+    item_type: type[T],
+    rows_for: Callable[[str], RowBuilder[T]],
+) -> Response:
+    """One conversation write endpoint: the conversation id from the path is every row's key."""
+    conversation_id = checked_path_id(conversation_id, "conversation_id")
+    body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
+    accepted = accept_writes(
+        tenant=tenant_of(request), kind=kind, body=body, item_type=item_type, build_rows=rows_for(conversation_id)
+    )
+    return accepted_response(accepted)
+
+
 class ConversationMessagesView(APIView):
     @extend_schema(
         operation_id="conversation_messages_create",
@@ -92,16 +113,7 @@ class ConversationMessagesView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        conversation_id = checked_path_id(conversation_id, "conversation_id")
-        body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
-        accepted = accept_writes(
-            tenant=tenant_of(request),
-            kind="message",
-            body=body,
-            item_type=MessageIn,
-            build_rows=message_rows_for(conversation_id),
-        )
-        return accepted_response(accepted)
+        return _accept(request, conversation_id, kind="message", item_type=MessageIn, rows_for=message_rows_for)
 
     @extend_schema(
         operation_id="conversation_messages_list",
@@ -154,16 +166,7 @@ class ConversationMembersView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        conversation_id = checked_path_id(conversation_id, "conversation_id")
-        body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
-        accepted = accept_writes(
-            tenant=tenant_of(request),
-            kind="member",
-            body=body,
-            item_type=MembersIn,
-            build_rows=members_rows_for(conversation_id),
-        )
-        return accepted_response(accepted)
+        return _accept(request, conversation_id, kind="member", item_type=MembersIn, rows_for=members_rows_for)
 
 
 class ConversationReadView(APIView):
@@ -176,16 +179,7 @@ class ConversationReadView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        conversation_id = checked_path_id(conversation_id, "conversation_id")
-        body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
-        accepted = accept_writes(
-            tenant=tenant_of(request),
-            kind="read",
-            body=body,
-            item_type=ReadIn,
-            build_rows=read_rows_for(conversation_id),
-        )
-        return accepted_response(accepted)
+        return _accept(request, conversation_id, kind="read", item_type=ReadIn, rows_for=read_rows_for)
 
 
 class InboxView(APIView):
