@@ -11,7 +11,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,31 @@ class ApiServer:
                 self.process.wait()
         self._log.close()
         self._metrics_dir.cleanup()
+
+
+@contextlib.contextmanager
+def failing_transiently(shard: str, tenant_id: uuid.UUID) -> Iterator[None]:
+    """Every insert of this tenant's writes fails with a serialization failure: transient, yet never passing."""
+    with connections[shard].cursor() as cursor:
+        cursor.execute(
+            f"""
+            CREATE FUNCTION test_fail_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.tenant_id = '{tenant_id}' THEN
+                    RAISE EXCEPTION 'simulated conflict' USING ERRCODE = 'serialization_failure';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_fail_tenant BEFORE INSERT ON write_log
+                FOR EACH ROW EXECUTE FUNCTION test_fail_tenant();
+            """
+        )
+    try:
+        yield
+    finally:
+        with connections[shard].cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_fail_tenant ON write_log; DROP FUNCTION test_fail_tenant();")
+
+
+def dead_letter_depth() -> int:
+    return queue_depth(dead_letter_queue())

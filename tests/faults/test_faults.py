@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connections
 from django.test import override_settings
 from kombu import Connection
 
@@ -35,7 +34,7 @@ from tests.faults.harness import (
     shard_unavailable,
     wait_until,
 )
-from tests.stack import Worker, queue_depth
+from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_depth
 from writes.models import RejectedWrite, WriteLog
 from writes.publisher import CoalescingPublisher
 from writes.queues import all_queues, dead_letter_queue, queue_name
@@ -247,33 +246,6 @@ POISON: dict[str, tuple[Callable[[str, str], list[str]], str]] = {
     "key_too_long": (lambda i, now: [i, "k" * 300, "{}", now], "too long"),
     "id_not_a_uuid": (lambda i, now: [f"not-a-uuid-{i}", "poison", "{}", now], "uuid"),
 }
-
-
-@contextlib.contextmanager
-def failing_transiently(shard: str, tenant_id: uuid.UUID) -> Iterator[None]:
-    with connections[shard].cursor() as cursor:
-        cursor.execute(
-            f"""
-            CREATE FUNCTION faults_fail_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.tenant_id = '{tenant_id}' THEN
-                    RAISE EXCEPTION 'simulated conflict' USING ERRCODE = 'serialization_failure';
-                END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER faults_fail_tenant BEFORE INSERT ON write_log
-                FOR EACH ROW EXECUTE FUNCTION faults_fail_tenant();
-            """
-        )
-    try:
-        yield
-    finally:
-        with connections[shard].cursor() as cursor:
-            cursor.execute("DROP TRIGGER faults_fail_tenant ON write_log; DROP FUNCTION faults_fail_tenant();")
-
-
-def dead_letter_depth() -> int:
-    return queue_depth(dead_letter_queue())
 
 
 def test_poison_writes_are_isolated_and_a_transiently_failing_batch_is_dead_lettered_and_replayed():

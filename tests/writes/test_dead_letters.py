@@ -6,50 +6,20 @@ from __future__ import annotations
 import io
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connections
 from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, make_tenant
-from tests.stack import queue_depth
+from tests.stack import dead_letter_depth, failing_transiently
 from writes.models import WriteLog
 from writes.queues import dead_letter_queue, dead_letter_queue_name, queue_name
 from writes.tasks import MAX_TRANSIENT_ATTEMPTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)]
-
-
-@contextmanager
-def failing_transiently(shard: str, tenant_id: uuid.UUID) -> Iterator[None]:
-    """Every insert of this tenant's writes fails with a serialization failure: transient, yet never passing."""
-    with connections[shard].cursor() as cursor:
-        cursor.execute(
-            f"""
-            CREATE FUNCTION test_fail_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.tenant_id = '{tenant_id}' THEN
-                    RAISE EXCEPTION 'simulated conflict' USING ERRCODE = 'serialization_failure';
-                END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_fail_tenant BEFORE INSERT ON write_log
-                FOR EACH ROW EXECUTE FUNCTION test_fail_tenant();
-            """
-        )
-    try:
-        yield
-    finally:
-        with connections[shard].cursor() as cursor:
-            cursor.execute("DROP TRIGGER test_fail_tenant ON write_log; DROP FUNCTION test_fail_tenant();")
-
-
-def dead_letter_depth() -> int:
-    return queue_depth(dead_letter_queue())
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float = 30.0) -> None:
