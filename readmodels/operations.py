@@ -25,6 +25,7 @@ def projection_status(shard: str) -> list[ProjectionStatus]:
                 shard=shard,
                 projection=name,
                 lag_positions=state.behind,
+                checkpoint=state.position,
                 lag_seconds=state.lag_seconds,
                 last_repair_at=last.finished_at if last else None,
                 last_repair_drift=last.drift_found if last else None,

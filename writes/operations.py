@@ -58,6 +58,7 @@ class ProjectionStatus:
     projection: str
     lag_positions: int
     lag_seconds: float | None = None
+    checkpoint: int | None = None  # the log position the projection has read up to
     last_repair_at: datetime | None = None
     last_repair_drift: int | None = None
 
@@ -255,6 +256,7 @@ def overview_as_dict(view: Overview) -> dict[str, Any]:
                 "projections": [
                     {
                         "projection": p.projection,
+                        "checkpoint": p.checkpoint,
                         "lag_positions": p.lag_positions,
                         "lag_seconds": number(p.lag_seconds),
                         "last_repair_at": p.last_repair_at.isoformat() if p.last_repair_at else None,

@@ -37,6 +37,7 @@ def test_writes_status_shows_head_checkpoint_and_lag_per_shard():
     assert isinstance(shard["queue_depth"], int)
     counts = {p["projection"]: p for p in shard["projections"]}["event_counts"]
     assert counts["lag_positions"] == 3
+    assert counts["checkpoint"] == shard["last_position"] - 3
     assert counts["lag_seconds"] >= 0
     assert counts["last_repair_at"] is None
 

@@ -186,7 +186,7 @@ def test_writes_status_prints_each_shard_and_the_busiest_logical_shards():
     lines = output.getvalue().splitlines()
     assert lines[0].split()[:3] == ["shard", "depth", "consumers"]
     assert [line.split()[0] for line in lines[1:] if line[:1].strip()][:2] == ["shard_0", "shard_1"]
-    assert "projection event_counts: lag" in output.getvalue()
+    assert "projection event_counts: checkpoint" in output.getvalue()
     busiest = io.StringIO()
     call_command("writes_status", "--busiest", "shard_0", stdout=busiest)
     assert busiest.getvalue().splitlines()[1].split() == [str(logical_shard_for(tenant)), "30"]

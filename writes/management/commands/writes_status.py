@@ -52,7 +52,9 @@ class Command(BaseCommand):
             )
             for p in s.projections:
                 self.stdout.write(
-                    f"{'':<10} projection {p.projection}: lag {p.lag_positions} positions"
+                    f"{'':<10} projection {p.projection}: "
+                    + (f"checkpoint {p.checkpoint}, " if p.checkpoint is not None else "")
+                    + f"lag {p.lag_positions} positions"
                     + (f", {p.lag_seconds:.1f} s" if p.lag_seconds is not None else "")
                     + (f"; last repair drift {p.last_repair_drift}" if p.last_repair_drift is not None else "")
                 )
