@@ -74,6 +74,7 @@ def test_operations_data_reports_each_shard_and_registered_projection_sources(se
     assert shards["shard_1"]["projections"] == [
         {
             "projection": "event_counts",
+            "checkpoint": None,
             "lag_positions": 7,
             "lag_seconds": 1.5,
             "last_repair_at": None,
