@@ -28,16 +28,22 @@ class ProjectionCheckpoint(models.Model):
         return f"{self.projection} @ {self.position}"
 
 
-class EventCountHourly(models.Model):
-    """How many events of one name a tenant recorded in one UTC hour (by ``occurred_at``)."""
+class EventCount(models.Model):
+    """How many events of one name a tenant recorded in one time bucket (by ``occurred_at``)."""
 
     SHARD_RESIDENT: ClassVar[bool] = True
 
     id = models.BigAutoField(primary_key=True)
     tenant_id = models.UUIDField()
     name = models.CharField(max_length=200)
-    bucket = models.DateTimeField(help_text="Start of the UTC hour.")
     count = models.BigIntegerField()
+
+    class Meta:
+        abstract = True
+
+
+class EventCountHourly(EventCount):
+    bucket = models.DateTimeField(help_text="Start of the UTC hour.")
 
     class Meta:
         db_table = "event_counts_hourly"
@@ -53,16 +59,8 @@ class EventCountHourly(models.Model):
         return f"{self.name} @ {self.bucket:%Y-%m-%d %H}:00 = {self.count}"
 
 
-class EventCountDaily(models.Model):
-    """How many events of one name a tenant recorded in one UTC day (by ``occurred_at``)."""
-
-    SHARD_RESIDENT: ClassVar[bool] = True
-
-    id = models.BigAutoField(primary_key=True)
-    tenant_id = models.UUIDField()
-    name = models.CharField(max_length=200)
+class EventCountDaily(EventCount):
     bucket = models.DateTimeField(help_text="Start of the UTC day.")
-    count = models.BigIntegerField()
 
     class Meta:
         db_table = "event_counts_daily"

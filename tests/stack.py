@@ -75,6 +75,18 @@ def scrape(url: str) -> str:
         return str(response.read().decode())
 
 
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child gracefully (SIGTERM), or kill it if it has not stopped within 15 s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Worker:
     """One ``celery worker`` process consuming the given queues, exporting its metrics on ``metrics_port``."""
 
@@ -143,13 +155,7 @@ class Worker:
     def stop(self) -> None:
         if self._log.closed:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self._log.close()
         self._metrics_dir.cleanup()
 
@@ -188,13 +194,7 @@ class ApiServer:
         raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self._log.close()
         self._metrics_dir.cleanup()
 

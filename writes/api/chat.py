@@ -25,8 +25,8 @@ from readmodels.selectors.chat import (
 )
 from readmodels.selectors.freshness import projection_freshness, wait_for_position
 from writes.api import openapi
-from writes.api.views import accepted_response, read_json_body, tenant_of
-from writes.intake import RowBuilder, accept_writes, members_rows_for, message_rows_for, read_rows_for
+from writes.api.views import accept_request, tenant_of
+from writes.intake import RowBuilder, members_rows_for, message_rows_for, read_rows_for
 from writes.schemas import MembersIn, MessageIn, ReadIn, ValidationFailed, check_id_text
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -96,11 +96,7 @@ def _accept(
 ) -> Response:
     """One conversation write endpoint: the conversation id from the path is every row's key."""
     conversation_id = checked_path_id(conversation_id, "conversation_id")
-    body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
-    accepted = accept_writes(
-        tenant=tenant_of(request), kind=kind, body=body, item_type=item_type, build_rows=rows_for(conversation_id)
-    )
-    return accepted_response(accepted)
+    return accept_request(request, kind=kind, item_type=item_type, build_rows=rows_for(conversation_id))
 
 
 class ConversationMessagesView(APIView):

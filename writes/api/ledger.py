@@ -3,7 +3,6 @@ transfers are writes (202), and an account's balance is read with ``as_of``."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
@@ -14,8 +13,8 @@ from rest_framework.views import APIView
 from readmodels.selectors.ledger import account_balance
 from writes.api import openapi
 from writes.api.chat import checked_path_id
-from writes.api.views import accepted_response, read_json_body, tenant_of
-from writes.intake import accept_writes, transfer_rows_checked_by
+from writes.api.views import accept_request, read_json_body, tenant_of
+from writes.intake import transfer_rows_checked_by
 from writes.ledger import TRANSFER_KIND, account_create, accounts_lookup_for
 from writes.schemas import ISO_4217, AccountIn, FieldError, TransferIn, ValidationFailed, parse_one
 
@@ -84,13 +83,7 @@ class TransfersView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
-        tenant = tenant_of(request)
-        accepted = accept_writes(
-            tenant=tenant,
-            kind=TRANSFER_KIND,
-            body=body,
-            item_type=TransferIn,
-            build_rows=transfer_rows_checked_by(accounts_lookup_for(tenant)),
+        lookup = accounts_lookup_for(tenant_of(request))
+        return accept_request(
+            request, kind=TRANSFER_KIND, item_type=TransferIn, build_rows=transfer_rows_checked_by(lookup)
         )
-        return accepted_response(accepted)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import connections
@@ -23,13 +24,15 @@ from rest_framework.views import APIView
 from writes.api import openapi
 from writes.api.auth import TenantPrincipal
 from writes.api.errors import PayloadTooLarge, error_body
-from writes.intake import Accepted, event_rows
+from writes.intake import Accepted, RowBuilder, event_rows
 from writes.intake import accept_writes as accept
 from writes.metrics import exposition
 from writes.models import RejectedWrite, WriteLog
 from writes.operations import OperationsCollector
 from writes.readiness import broker_reachable
 from writes.schemas import EventIn
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 
 def read_json_body(request: Request, *, max_bytes: int) -> bytes:
@@ -62,6 +65,13 @@ def tenant_of(request: Request) -> Any:
     return principal.context
 
 
+def accept_request(request: Request, *, kind: str, item_type: type[T], build_rows: RowBuilder[T]) -> Response:
+    """A write endpoint's whole job: read the JSON body, accept it for the key's tenant, answer 202."""
+    body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
+    accepted = accept(tenant=tenant_of(request), kind=kind, body=body, item_type=item_type, build_rows=build_rows)
+    return accepted_response(accepted)
+
+
 class EventsView(APIView):
     @extend_schema(
         operation_id="events_create",
@@ -71,9 +81,7 @@ class EventsView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        body = read_json_body(request, max_bytes=settings.WRITES_MAX_BODY_BYTES)
-        accepted = accept(tenant=tenant_of(request), kind="event", body=body, item_type=EventIn, build_rows=event_rows)
-        return accepted_response(accepted)
+        return accept_request(request, kind="event", item_type=EventIn, build_rows=event_rows)
 
 
 class WriteStatusView(APIView):
