@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from readmodels.projections import PROJECTIONS, LogRow, Projection
 from readmodels.projections.base import range_folder
+from writes.notifications import notify_projection_advanced
 
 SLICE_POSITIONS = 5_000
 # How long a projector run waits for a checkpoint row another run holds (one slice takes milliseconds).
@@ -73,6 +74,7 @@ def lock_checkpoint(cursor: Any, name: str) -> int:
 
 def set_checkpoint(cursor: Any, name: str, position: int) -> None:
     cursor.execute(_ADVANCE, [position, position, name])
+    notify_projection_advanced(cursor, name, position)
 
 
 def head_position(cursor: Any) -> int:

@@ -22,6 +22,7 @@ from kombu import Queue
 
 from writes.errors import ForwardFailed
 from writes.models import MovedLogicalShard
+from writes.notifications import notify_writes_applied
 from writes.routing import logical_shard_for
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = T
             cursor.execute(_REJECT, _rejection_record(row, code, reason))
         if diversion is not None and diversion.rows:
             _forward(cursor, shard, [diversion.rows[seq] for seq in sorted(diversion.rows)])
+        if applied or rejected:
+            notify_writes_applied(cursor)
     if rejected:
         logger.warning(
             "shard %s: rejected %d of %d writes",
