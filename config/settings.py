@@ -55,8 +55,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "writes.api.middleware.RequestMetricsMiddleware",
-    "writes.api.middleware.TenantContextMiddleware",
+    "api.middleware.RequestMetricsMiddleware",
+    "api.middleware.TenantContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -67,6 +67,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
 
 TEMPLATES = [
     {
@@ -96,11 +97,21 @@ SHARD_DATABASE_URLS = [
     if url.strip()
 ]
 CONN_MAX_AGE = env_int("CONN_MAX_AGE", 600)
+# A psycopg connection pool per database of this size instead of one connection per thread. The API
+# sets it (``serve_api``): under ASGI each Django request runs in a thread of its own, which must not
+# keep a connection of its own. Workers keep one persistent connection each.
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0)
 
 
 def database(url: str) -> dict[str, Any]:
-    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=True))
-    config.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)
+    pooled = DATABASE_POOL_MAX_SIZE > 0
+    config: dict[str, Any] = dict(
+        dj_database_url.parse(url, conn_max_age=0 if pooled else CONN_MAX_AGE, conn_health_checks=not pooled)
+    )
+    options = config.setdefault("OPTIONS", {})
+    options["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)
+    if pooled:
+        options["pool"] = {"min_size": 0, "max_size": DATABASE_POOL_MAX_SIZE, "timeout": 5}
     return config
 
 
@@ -155,9 +166,14 @@ WRITES_QUEUE_MAX_BYTES = env_int("WRITES_QUEUE_MAX_BYTES", 2 * 1024**3)
 WRITES_QUEUE_DELIVERY_LIMIT = env_int("WRITES_QUEUE_DELIVERY_LIMIT", 20)
 # The coalescing publisher waits at most this long to gather writes into one message ...
 WRITES_PUBLISH_LINGER_SECONDS = env_float("WRITES_PUBLISH_LINGER_SECONDS", 0.002)
-# ... or until this many writes are waiting.
+# ... or until this many writes, or this many bytes of request bodies, are waiting (RabbitMQ refuses
+# messages over its max_message_size, 128 MiB by default).
 WRITES_PUBLISH_MAX_WRITES = env_int("WRITES_PUBLISH_MAX_WRITES", 10_000)
-# A request gives up (503) when its write is not confirmed by the broker within this time.
+WRITES_PUBLISH_MAX_BYTES = env_int("WRITES_PUBLISH_MAX_BYTES", 16 * 1024 * 1024)
+# Messages of one API process awaiting their confirms at once (pipelined, not one at a time).
+WRITES_PUBLISH_MAX_IN_FLIGHT = env_int("WRITES_PUBLISH_MAX_IN_FLIGHT", 16)
+# A request gives up (503) when its write is not confirmed by the broker within this time; a write
+# so refused is never applied (see writes/fates.py).
 WRITES_PUBLISH_TIMEOUT_SECONDS = env_float("WRITES_PUBLISH_TIMEOUT_SECONDS", 1.5)
 WRITES_MAX_BATCH_ITEMS = 10_000
 WRITES_MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -183,14 +199,22 @@ WRITES_MOVE_CHUNK_ROWS = env_int("WRITES_MOVE_CHUNK_ROWS", 5_000)
 WRITES_MOVE_MAX_CATCH_UP_SECONDS = env_float("WRITES_MOVE_MAX_CATCH_UP_SECONDS", 600.0)
 
 # --- HTTP API ------------------------------------------------------------------------------
+# The ASGI edge (api/edge): API processes, its database connections, and per-tenant bounds.
+API_PROCESSES = env_int("API_PROCESSES", 2)
+EDGE_DATABASE_POOL_SIZE = env_int("EDGE_DATABASE_POOL_SIZE", 4)
+# Long-polls (?wait=, ?min_position=) one tenant may hold at once in one API process.
+EDGE_MAX_WAITS_PER_TENANT = env_int("EDGE_MAX_WAITS_PER_TENANT", 1_000)
+# Requests handed to Django (a thread each) at once per API process, and per tenant.
+EDGE_DJANGO_CONCURRENCY = env_int("EDGE_DJANGO_CONCURRENCY", 32)
+EDGE_DJANGO_PER_TENANT = env_int("EDGE_DJANGO_PER_TENANT", 8)
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["writes.api.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["writes.api.auth.IsTenant"],
-    "DEFAULT_THROTTLE_CLASSES": ["writes.api.throttling.TenantRateThrottle"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.auth.IsTenant"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.TenantRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "writes.api.errors.exception_handler",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -207,7 +231,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "writes.api.openapi.add_msgspec_components",
+        "api.openapi.add_msgspec_components",
     ],
 }
 

@@ -8,3 +8,9 @@ import os
 os.environ.setdefault("WRITES_QUEUE_PREFIX", "test.writes")
 
 from config.settings import *  # noqa: F403
+
+# Django's views run in a thread per request under the ASGI server the tests start: each request's
+# connection is closed when it ends rather than kept by a thread that is gone.
+CONN_MAX_AGE = 0
+for _database in DATABASES.values():  # noqa: F405
+    _database["CONN_MAX_AGE"] = 0

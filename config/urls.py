@@ -6,21 +6,20 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from api.views import health
 from writes import admin as write_admin
-from writes.api import views as write_views
 
 urlpatterns = [
-    path("api/v1/", include("writes.api.urls")),
-    path("api/v1/", include("readmodels.api.urls")),
+    path("api/v1/", include("api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("healthz", write_views.healthz, name="healthz"),
-    path("readyz", write_views.readyz, name="readyz"),
-    path("metrics", write_views.metrics, name="metrics"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
     path("admin/operations/", admin.site.admin_view(write_admin.operations_page), name="operations"),
     path("admin/operations/data", admin.site.admin_view(write_admin.operations_data), name="operations-data"),
     path("admin/", admin.site.urls),
 ]
 
-handler404 = "writes.api.errors.json_not_found"
-handler500 = "writes.api.errors.json_server_error"
+handler404 = "api.errors.json_not_found"
+handler500 = "api.errors.json_server_error"

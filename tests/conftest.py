@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.test import Client
 
+from tests.edge import ApiClient, shared_server, stop_shared_server
 from tests.stack import Worker, purge_queues
 from writes.models import Tenant
 from writes.queues import maintenance_queue_name, queue_name
@@ -23,7 +23,7 @@ class TenantHandle:
         self.tenant = tenant
         self.api_key = api_key
         self.shard = shard_for_logical(tenant.logical_shard)
-        self.client = Client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+        self.client: ApiClient = shared_server().client(HTTP_AUTHORIZATION=f"Bearer {api_key}")
 
     def post_json(self, path: str, body: Any) -> Any:
         return self.client.post(path, data=json.dumps(body), content_type="application/json")
@@ -40,6 +40,12 @@ def make_tenant(name: str, *, shard: str | None = None) -> TenantHandle:
             return TenantHandle(tenant, api_key_issue(tenant=tenant).secret)
         tenant.delete()
     raise AssertionError(f"no tenant landed on {shard}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _api_server_stopped_at_exit(django_db_setup: None) -> Iterator[None]:
+    yield
+    stop_shared_server()
 
 
 @pytest.fixture

@@ -1,24 +1,23 @@
-"""Accept → route → publish: the API's whole job for a write.
+"""Accept → route: everything the API does to a write before it is published.
 
-``accept_writes`` parses and validates a body in one pass, turns the items into log rows, and hands
-them to the coalescing publisher for the tenant's shard. It returns once the broker has confirmed.
+The body is parsed and validated in one pass (``writes.schemas.parse_writes``); ``prepare_writes``
+turns the items into log rows grouped for the tenant's shard, all or nothing. The API's edge then
+hands the group to its coalescing publisher and answers once the broker confirmed.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
-from django.conf import settings
 
 from writes.ids import uuid7_many
 from writes.metrics import ACCEPT_SECONDS, WRITES_ACCEPTED
-from writes.publisher import get_publisher
+from writes.publisher import WriteGroup
 from writes.routing import TenantContext
 from writes.schemas import (
     ISO_4217,
@@ -31,13 +30,13 @@ from writes.schemas import (
     MembersPayload,
     MessageIn,
     MessagePayload,
+    ParsedBody,
     ReadIn,
     ReadPayload,
     TransferIn,
     TransferPayload,
     ValidationFailed,
     check_timestamp,
-    parse_writes,
 )
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -51,29 +50,33 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Accepted:
+class PreparedWrites:
+    """A request's writes, valid and ready to publish: one message group and the ids it holds."""
+
+    group: WriteGroup
     ids: list[str]
     is_batch: bool
 
 
-def accept_writes(
+def prepare_writes(
     *,
     tenant: TenantContext,
     kind: str,
-    body: bytes,
-    item_type: type[T],
+    parsed: ParsedBody[T],
     build_rows: RowBuilder[T],
-) -> Accepted:
-    started = time.perf_counter()
-    parsed = parse_writes(body, item_type, max_items=settings.WRITES_MAX_BATCH_ITEMS)
+) -> PreparedWrites:
+    """Turn a parsed body into log rows for ``tenant``; ``ValidationFailed`` lists every bad item."""
     received_at = datetime.now(UTC)
     rows, errors = build_rows(parsed.items, received_at, parsed.is_batch)
     if errors:
         raise ValidationFailed(f"{len(errors)} invalid item(s); nothing was accepted.", errors)
-    group: list[Any] = [str(tenant.tenant_id), kind, received_at.isoformat(), rows]
-    get_publisher().publish(tenant.shard, group)
-    ids = [row[0] for row in rows]
-    ACCEPT_SECONDS.labels(kind).observe(time.perf_counter() - started)
+    group: WriteGroup = [str(tenant.tenant_id), kind, received_at.isoformat(), rows]
+    return PreparedWrites(group=group, ids=[row[0] for row in rows], is_batch=parsed.is_batch)
+
+
+def record_accepted(*, tenant: TenantContext, kind: str, ids: list[str], seconds: float) -> None:
+    """Metrics (and, at DEBUG, a trace line) for writes the broker confirmed."""
+    ACCEPT_SECONDS.labels(kind).observe(seconds)
     WRITES_ACCEPTED.labels(kind).inc(len(ids))
     # DEBUG: one line per request is too much for production volumes, but it is how one traces an id.
     if logger.isEnabledFor(logging.DEBUG):
@@ -88,7 +91,6 @@ def accept_writes(
                 "write_ids": ids[:20],
             },
         )
-    return Accepted(ids=ids, is_batch=parsed.is_batch)
 
 
 def write_ids(items: Sequence[Any]) -> list[str]:
@@ -189,11 +191,20 @@ def read_rows_for(conversation_id: str) -> RowBuilder[ReadIn]:
     return read_rows
 
 
-def transfer_rows_checked_by(
-    accounts: Callable[[set[str]], dict[str, tuple[str, bool]] | None],
-) -> RowBuilder[TransferIn]:
-    """Row builder for transfers. ``accounts`` looks up the tenant's accounts (id → (currency,
-    no_overdraft)), or returns ``None`` when it cannot: the applier checks again in any case."""
+# The tenant's accounts among some ids, for the intake check of transfers.
+ACCOUNTS_SQL = (
+    "SELECT account_id, currency, no_overdraft FROM ledger_accounts WHERE tenant_id = %s AND account_id = ANY(%s)"
+)
+
+
+def transfer_account_ids(items: Sequence[TransferIn]) -> set[str]:
+    return {i.debit_account for i in items} | {i.credit_account for i in items}
+
+
+def transfer_rows_checked_by(known: dict[str, tuple[str, bool]] | None) -> RowBuilder[TransferIn]:
+    """Row builder for transfers. ``known`` holds the tenant's accounts among those the transfers name
+    (id → (currency, no_overdraft)), or is ``None`` when they could not be read: the applier checks
+    again in any case."""
 
     def transfer_rows(
         items: Sequence[TransferIn], received_at: datetime, is_batch: bool
@@ -201,7 +212,6 @@ def transfer_rows_checked_by(
         rows: list[Row] = []
         errors: list[FieldError] = []
         received = received_at.isoformat()
-        known = accounts({i.debit_account for i in items} | {i.credit_account for i in items})
         for index, item in enumerate(items):
             position = index if is_batch else None
             problems = transfer_problems(item, known)

@@ -11,6 +11,7 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
@@ -63,7 +64,7 @@ def api_key_revoke(*, api_key: ApiKey) -> None:
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
-_TENANT_FOR_KEY = f"""
+TENANT_FOR_KEY_SQL = f"""
 SELECT k.key_hash, t.id, t.logical_shard, m.alias
 FROM {ApiKey._meta.db_table} k
 JOIN {Tenant._meta.db_table} t ON t.id = k.tenant_id
@@ -72,17 +73,25 @@ WHERE k.key_hash = %s AND k.revoked_at IS NULL
 """  # noqa: S608 (table names from the models, the key hash bound)
 
 
-def tenant_for_api_key(secret: str) -> TenantContext | None:
-    """The tenant (and its shard) behind a live key, in one query; ``None`` for unknown or revoked keys."""
-    if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
-        return None
-    digest = hash_api_key(secret)
-    # Every request runs this, so it is one plain statement: building the equivalent ORM query cost more
-    # than the database did. No cache, so a revoked key stops working on the very next request.
-    with connections["default"].cursor() as cursor:
-        cursor.execute(_TENANT_FOR_KEY, [digest])
-        row = cursor.fetchone()
+def looks_like_api_key(secret: str) -> bool:
+    return secret.startswith(KEY_PREFIX) and len(secret) <= 100
+
+
+def tenant_from_key_row(row: tuple[Any, ...] | None, digest: str) -> TenantContext | None:
+    """The tenant of a ``TENANT_FOR_KEY_SQL`` row (``None``: unknown or revoked key)."""
     if row is None or not hmac.compare_digest(row[0], digest):
         return None
     _, tenant_id, logical_shard, shard = row
-    return TenantContext(tenant_id=tenant_id, shard=shard or shard_for_logical(logical_shard))
+    return TenantContext(tenant_id=tenant_id, shard=shard or default_alias_for(logical_shard))
+
+
+def tenant_for_api_key(secret: str) -> TenantContext | None:
+    """The tenant (and its shard) behind a live key, in one query; ``None`` for unknown or revoked keys.
+
+    The API caches the answer per process (``api.keys``); this is the uncached lookup."""
+    if not looks_like_api_key(secret):
+        return None
+    digest = hash_api_key(secret)
+    with connections["default"].cursor() as cursor:
+        cursor.execute(TENANT_FOR_KEY_SQL, [digest])
+        return tenant_from_key_row(cursor.fetchone(), digest)

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core.management import call_command
 from django.db import connections
-
 from readmodels.api.selectors import event_counts
+
 from readmodels.models import ProjectionCheckpoint
 from readmodels.projections import Projection
 from readmodels.projections.chat import ChatProjection

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.test import Client
 
 from readmodels.projector import project_shard
 from tests.conftest import ALL_DATABASES, make_tenant
+from tests.edge import api_client
 from tests.readmodels.helpers import apply_events
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -119,13 +119,13 @@ def test_stats_bad_parameters_answer_400_naming_the_field(params, field):
 
 
 def test_stats_without_a_key_answer_401():
-    response = Client().get("/api/v1/stats/events")
+    response = api_client().get("/api/v1/stats/events")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
 
 
 def test_stats_are_documented_in_the_openapi_schema():
-    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    schema = api_client().get("/api/schema/", HTTP_ACCEPT="application/json").json()
     operation = schema["paths"]["/api/v1/stats/events"]["get"]
     assert {p["name"] for p in operation["parameters"]} >= {"name", "interval", "start", "end", "min_position", "wait"}
     assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
+from tests.edge import api_client
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 FIVE_MIB = 5 * 1024 * 1024
 
@@ -216,9 +217,8 @@ def test_bad_status_query_answers_400(query, field):
     ["Bearer", "Bearer a b", "Bearer wk_\u00e9", "Basic dXNlcjpwYXNz", "Bearer " + "wk_" + "a" * 5000, "bearer\x00x"],
 )
 def test_malformed_authorization_answers_401(header):
-    from django.test import Client
 
-    response = Client(HTTP_AUTHORIZATION=header).post(
+    response = api_client(HTTP_AUTHORIZATION=header).post(
         "/api/v1/events", data=b'{"name":"x"}', content_type="application/json"
     )
     assert response.status_code == 401

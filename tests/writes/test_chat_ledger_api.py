@@ -6,13 +6,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from writes.api.openapi import DOCUMENTED
 
 from readmodels.projector import project_shard
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
-from writes.api.openapi import DOCUMENTED
 from writes.apply import apply_batch
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 
 def details(response) -> list[tuple[int | None, str]]:

@@ -24,7 +24,7 @@ from writes.ledger import account_create
 from writes.models import WriteLog
 from writes.routing import TenantContext
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 
 @dataclass(frozen=True)

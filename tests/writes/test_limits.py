@@ -9,15 +9,15 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 from kombu import Connection
+from writes.api.throttling import TokenBuckets
 
 from tests.conftest import ALL_DATABASES, make_tenant
 from tests.stack import queue_depth
 from writes import publisher as publisher_module
-from writes.api.throttling import TokenBuckets
 from writes.publisher import CoalescingPublisher
 from writes.queues import all_queues, dead_letter_queue
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 
 def test_token_buckets_allow_the_burst_then_refill_at_the_rate():

@@ -110,7 +110,7 @@ def test_metrics_scraped_during_load_move_and_match_the_applied_rows(live_worker
     assert value(api_after, "writes_apply_rate_rows_per_second", shard=tenant.shard) > 0
 
 
-@pytest.mark.django_db(databases=ALL_DATABASES)
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 def test_metrics_count_503_refusals_by_code(monkeypatch):
     from writes import publisher as publisher_module
     from writes.publisher import CoalescingPublisher

@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from tests.conftest import ALL_DATABASES, make_tenant
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 # Validity that a JSON Schema cannot state (a timestamp at most a day ahead of now, the nesting depth of
 # free-form properties) makes some schema-valid bodies a correct 400, so "schema-valid is accepted" is

@@ -19,9 +19,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import ALL_DATABASES, make_tenant
+from tests.edge import api_client
 from writes.models import ApiKey, Tenant
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 
 def test_api_key_is_stored_only_as_its_sha256_and_a_short_prefix():
@@ -49,7 +50,7 @@ def test_create_tenant_shows_the_key_once_and_stores_only_its_hash():
     printed = json.loads(out.getvalue())
     tenant = Tenant.objects.get(id=printed["tenant_id"])
     assert ApiKey.objects.get(tenant=tenant).key_hash == hashlib.sha256(printed["api_key"].encode()).hexdigest()
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {printed['api_key']}")
+    client = api_client(HTTP_AUTHORIZATION=f"Bearer {printed['api_key']}")
     assert client.get(f"/api/v1/writes/{uuid.uuid4()}").status_code == 200
 
 
@@ -70,7 +71,7 @@ def test_admin_shows_a_new_key_once_and_revoking_it_takes_effect_at_once(staff_c
     shown = [str(m) for m in response.context["messages"] if "shown only this once" in str(m)]
     assert len(shown) == 1
     secret = shown[0].rsplit(" ", 1)[-1]
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client = api_client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert client.get(f"/api/v1/writes/{uuid.uuid4()}").status_code == 200
 
     api_key = ApiKey.objects.get(label="from admin")
@@ -89,8 +90,8 @@ def test_api_keys_never_reach_the_logs(caplog):
     with caplog.at_level(logging.DEBUG):
         tenant.post_json("/api/v1/events", {"name": "x"})
         tenant.post_json("/api/v1/events", {"name": ""})  # 400, logged as a bad request
-        Client(HTTP_AUTHORIZATION=f"Bearer {wrong}").get(f"/api/v1/writes/{uuid.uuid4()}")  # 401, logged
-        Client(HTTP_AUTHORIZATION=f"Bearer {wrong}").get("/api/v1/nowhere")
+        api_client(HTTP_AUTHORIZATION=f"Bearer {wrong}").get(f"/api/v1/writes/{uuid.uuid4()}")  # 401, logged
+        api_client(HTTP_AUTHORIZATION=f"Bearer {wrong}").get("/api/v1/nowhere")
     assert caplog.records, "the requests above log warnings; if nothing was captured the test proves nothing"
     assert tenant.api_key not in caplog.text
     assert wrong not in caplog.text

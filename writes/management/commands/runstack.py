@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from writes.models import ApiKey, Tenant
 from writes.queues import maintenance_queue_name, queue_name
+from writes.management.commands.serve_api import api_command, api_environment
 from writes.services import api_key_issue, api_key_revoke, shard_for_logical, tenant_create
 
 DEMO_TENANT = "demo"
@@ -56,11 +57,13 @@ class Command(BaseCommand):
         metrics_base = int(os.environ.get("WORKER_METRICS_PORT_BASE", "9191"))
         python = sys.executable
         commands: dict[str, list[str]] = {
-            "api": [python, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"],
+            "api": api_command(host=os.environ.get("HOST", "127.0.0.1"), port=port, processes=settings.API_PROCESSES),
         }
         # Each process kind gets its own multiprocess metrics directory (emptied when it starts).
         environments: dict[str, dict[str, str]] = {
-            "api": {**environment, "PROMETHEUS_MULTIPROC_DIR": str(metrics_root / f"api-{port}")},
+            "api": api_environment(
+                port, {**environment, "PROMETHEUS_MULTIPROC_DIR": str(metrics_root / f"api-{port}")}
+            ),
         }
         worker_metrics: list[str] = []
         for index, queues in enumerate(worker_layout()):

@@ -15,7 +15,7 @@ from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from writes.api.auth import TenantPrincipal
+from api.auth import TenantPrincipal
 
 if TYPE_CHECKING:
     from rest_framework.views import APIView
@@ -65,6 +65,14 @@ class TokenBuckets:
 _buckets = TokenBuckets()
 
 
+def rate_limit_wait(tenant_id: uuid.UUID) -> float:
+    """Take a request's token for ``tenant_id``: 0 when allowed, else the seconds to wait (429)."""
+    rate = float(settings.WRITES_RATE_LIMIT_PER_SECOND)
+    if rate <= 0:
+        return 0.0
+    return _buckets.take(tenant_id, rate=rate, burst=max(1.0, float(settings.WRITES_RATE_LIMIT_BURST)))
+
+
 class TenantRateThrottle(BaseThrottle):
     """``WRITES_RATE_LIMIT_PER_SECOND`` requests a second per tenant (bursts up to ``WRITES_RATE_LIMIT_BURST``).
 
@@ -75,12 +83,10 @@ class TenantRateThrottle(BaseThrottle):
         self._wait = 0.0
 
     def allow_request(self, request: Request, view: APIView) -> bool:
-        rate = float(settings.WRITES_RATE_LIMIT_PER_SECOND)
         principal = request.user
-        if rate <= 0 or not isinstance(principal, TenantPrincipal):
+        if not isinstance(principal, TenantPrincipal):
             return True
-        burst = max(1.0, float(settings.WRITES_RATE_LIMIT_BURST))
-        self._wait = _buckets.take(principal.context.tenant_id, rate=rate, burst=burst)
+        self._wait = rate_limit_wait(principal.context.tenant_id)
         return self._wait == 0.0
 
     def wait(self) -> float | None:

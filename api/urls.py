@@ -1,14 +1,15 @@
-"""Routes of the write API, mounted under /api/v1/."""
+"""Routes of the API, mounted under /api/v1/. The edge serves the hot methods of some of them first
+(``api.edge.app.HOT_ROUTES``); Django answers everything else."""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from writes.api import chat, ledger, views
+from api.views import chat, ledger, stats, writes
 
 urlpatterns = [
-    path("events", views.EventsView.as_view(), name="events"),
-    path("writes/<str:write_id>", views.WriteStatusView.as_view(), name="write-status"),
+    path("events", writes.EventsView.as_view(), name="events"),
+    path("writes/<str:write_id>", writes.WriteStatusView.as_view(), name="write-status"),
     path("conversations/<str:conversation_id>", chat.ConversationView.as_view(), name="conversation"),
     path(
         "conversations/<str:conversation_id>/messages",
@@ -25,4 +26,5 @@ urlpatterns = [
     path("ledger/accounts", ledger.AccountsView.as_view(), name="ledger-accounts"),
     path("ledger/accounts/<str:account_id>", ledger.AccountView.as_view(), name="ledger-account"),
     path("ledger/transfers", ledger.TransfersView.as_view(), name="ledger-transfers"),
+    path("stats/events", stats.EventStatsView.as_view(), name="stats-events"),
 ]

@@ -1,4 +1,9 @@
-"""Every error the API answers, as ``{"error": {"code", "message", "details"}}``, mapped in one place."""
+"""Every error the API answers, as ``{"error": {"code", "message", "details"}}``, mapped in one place.
+
+``error_answer`` maps an exception to (status, body, headers) for both halves of the API: the edge's
+hot routes and Django's views (through DRF's ``exception_handler``). On a write endpoint an error
+after ids were assigned also carries them (``error.ids``): a retry with those ids is always harmless.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from writes.metrics import HTTP_REFUSED
 from writes.schemas import BodyNotJson, ValidationFailed
 
 PUBLISH_RETRY_AFTER_SECONDS = 1
+WAITS_RETRY_AFTER_SECONDS = 1
 
 
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
@@ -27,40 +33,68 @@ class PayloadTooLarge(exceptions.APIException):
     default_detail = "The request body is too large."
 
 
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    headers: dict[str, str] = {}
+class TooManyWaits(exceptions.APIException):
+    """A tenant holds as many long-polls in this process as it may."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "too_many_waits"
+    default_detail = "Too many concurrent waits for this tenant."
+    wait = float(WAITS_RETRY_AFTER_SECONDS)
+
+
+class ServedByEdge(exceptions.APIException):
+    """A hot route reached Django: the API runs without its ASGI edge (``config.asgi``)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "served_by_edge"
+    default_detail = "This route is served by the API's ASGI edge; run the API with `manage.py serve_api`."
+
+
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def error_answer(exc: Exception) -> Answer | None:
+    """(status, body, headers) for an error a client can cause or a dependency can fail with;
+    ``None`` for anything else (a bug: logged, answered 500)."""
     if isinstance(exc, ValidationFailed):
-        return Response(
-            error_body("invalid", exc.message, [d.as_dict() for d in exc.details]), status=status.HTTP_400_BAD_REQUEST
-        )
+        return 400, error_body("invalid", exc.message, [d.as_dict() for d in exc.details]), {}
     if isinstance(exc, AccountConflict):
-        return Response(error_body("conflict", str(exc)), status=status.HTTP_409_CONFLICT)
+        return 409, error_body("conflict", str(exc)), {}
     if isinstance(exc, BodyNotJson):
-        return Response(error_body("malformed_json", f"The body is not valid JSON: {exc}"), status=400)
+        return 400, error_body("malformed_json", f"The body is not valid JSON: {exc}"), {}
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
     if isinstance(exc, PublishError):
         HTTP_REFUSED.labels("503", exc.code).inc()
-        return Response(
+        return (
+            503,
             error_body(exc.code, f"{exc} Retry later."),
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": str(PUBLISH_RETRY_AFTER_SECONDS)},
+            {"Retry-After": str(PUBLISH_RETRY_AFTER_SECONDS)},
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     if not isinstance(exc, exceptions.APIException):
-        return None  # a bug: let Django log it and answer 500
+        return None
+    headers: dict[str, str] = {}
     wait = getattr(exc, "wait", None)
-    if isinstance(exc, exceptions.Throttled):
-        HTTP_REFUSED.labels("429", "throttled").inc()
+    if isinstance(exc, exceptions.Throttled | TooManyWaits):
+        HTTP_REFUSED.labels("429", _code_for(exc)).inc()
         if wait is not None:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
     auth_header = getattr(exc, "auth_header", None)
     if auth_header:
         headers["WWW-Authenticate"] = str(auth_header)
-    code = _code_for(exc)
     message, details = _message_and_details(exc.detail)
-    return Response(error_body(code, message, details), status=exc.status_code, headers=headers)
+    return exc.status_code, error_body(_code_for(exc), message, details), headers
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's exception handler: the same answers as the edge's."""
+    answer = error_answer(exc)
+    if answer is None:
+        return None  # a bug: let Django log it and answer 500
+    status_code, body, headers = answer
+    return Response(body, status=status_code, headers=headers)
 
 
 def _code_for(exc: exceptions.APIException) -> str:

@@ -10,8 +10,8 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from api.keys import cached_tenant_for_api_key
 from writes.routing import TenantContext, current_tenant
-from writes.services import tenant_for_api_key
 
 if TYPE_CHECKING:
     from rest_framework.views import APIView
@@ -38,7 +38,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             secret = header[1].decode("ascii")
         except UnicodeDecodeError as exc:
             raise AuthenticationFailed("Invalid API key.") from exc
-        context = tenant_for_api_key(secret)
+        context = cached_tenant_for_api_key(secret)
         if context is None:
             raise AuthenticationFailed("Invalid or revoked API key.")
         # Reset by TenantContextMiddleware when the request ends.

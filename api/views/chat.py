@@ -1,19 +1,22 @@
-"""HTTP surface of chat: messages, members and read marks are writes (202); conversations, their
-messages and inboxes are read from the read models, with ``as_of`` and ``lag_seconds``."""
+"""Chat over HTTP: conversations, their messages and inboxes, read from the read models with
+``as_of`` and ``lag_seconds``. Messages, members and read marks are writes, served by the edge
+(``api.edge.app``); their operations here document them in the schema."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
-from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api import openapi
+from api.errors import ServedByEdge
+from api.openapi import MIN_POSITION
+from api.params import int_param, min_position_param, path_id, with_timed_out
+from api.views.health import tenant_of
 from readmodels.projections.chat import ChatProjection
 from readmodels.selectors.chat import (
     INBOX_PAGE_MAX,
@@ -23,47 +26,15 @@ from readmodels.selectors.chat import (
     conversation_summary,
     user_inbox,
 )
-from readmodels.selectors.freshness import projection_freshness, wait_for_position
-from writes.api import openapi
-from writes.api.views import accept_request, tenant_of
-from writes.intake import RowBuilder, members_rows_for, message_rows_for, read_rows_for
-from writes.schemas import MembersIn, MessageIn, ReadIn, ValidationFailed, check_id_text
-
-T = TypeVar("T", bound=msgspec.Struct)
+from readmodels.selectors.freshness import projection_freshness
 
 PROJECTION = ChatProjection.name
 
-MIN_POSITION = OpenApiParameter(
-    "min_position", int, description="Wait (up to 30 s) until the read model has passed this log position."
-)
-
-
-def checked_path_id(value: str, field_name: str) -> str:
-    problem = check_id_text(value, field_name)
-    if problem is not None:
-        raise ValidationFailed(f"Invalid {field_name}.", [problem])
-    return value
-
-
-def _int_param(request: Request, name: str, default: int, *, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValidationError({name: f"An integer from {low} to {high}."}) from exc
-    if not low <= value <= high:
-        raise ValidationError({name: f"An integer from {low} to {high}."})
-    return value
-
 
 def _fresh(request: Request, shard: str) -> dict[str, Any]:
-    min_position = _int_param(request, "min_position", 0, low=0, high=2**63 - 1)
-    reached = not min_position or wait_for_position(
-        shard=shard, projection=PROJECTION, position=min_position, timeout=settings.READMODELS_MAX_WAIT_SECONDS
-    )
-    return {**projection_freshness(shard, PROJECTION), "timed_out": not reached}
+    """``as_of``, ``lag_seconds`` and ``timed_out``; the edge has waited for ``min_position`` already."""
+    min_position = min_position_param(request.query_params.get("min_position"))
+    return with_timed_out(projection_freshness(shard, PROJECTION), min_position)
 
 
 class ConversationView(APIView):
@@ -79,24 +50,11 @@ class ConversationView(APIView):
         summary = conversation_summary(
             shard=tenant.shard,
             tenant_id=tenant.tenant_id,
-            conversation_id=checked_path_id(conversation_id, "conversation_id"),
+            conversation_id=path_id(conversation_id, "conversation_id"),
         )
         if summary is None:
             raise NotFound("No conversation with this id (or none of its writes is applied yet).")
         return Response({**summary, **freshness})
-
-
-def _accept(
-    request: Request,
-    conversation_id: str,
-    *,
-    kind: str,
-    item_type: type[T],
-    rows_for: Callable[[str], RowBuilder[T]],
-) -> Response:
-    """One conversation write endpoint: the conversation id from the path is every row's key."""
-    conversation_id = checked_path_id(conversation_id, "conversation_id")
-    return accept_request(request, kind=kind, item_type=item_type, build_rows=rows_for(conversation_id))
 
 
 class ConversationMessagesView(APIView):
@@ -109,7 +67,7 @@ class ConversationMessagesView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        return _accept(request, conversation_id, kind="message", item_type=MessageIn, rows_for=message_rows_for)
+        raise ServedByEdge
 
     @extend_schema(
         operation_id="conversation_messages_list",
@@ -125,9 +83,11 @@ class ConversationMessagesView(APIView):
     )
     def get(self, request: Request, conversation_id: str) -> Response:
         tenant = tenant_of(request)
-        conversation_id = checked_path_id(conversation_id, "conversation_id")
-        after = _int_param(request, "after", 0, low=0, high=2**63 - 1)
-        limit = _int_param(request, "limit", MESSAGES_PAGE_DEFAULT, low=1, high=MESSAGES_PAGE_MAX)
+        conversation_id = path_id(conversation_id, "conversation_id")
+        after = int_param(request.query_params.get("after"), "after", default=0, low=0, high=2**63 - 1)
+        limit = int_param(
+            request.query_params.get("limit"), "limit", default=MESSAGES_PAGE_DEFAULT, low=1, high=MESSAGES_PAGE_MAX
+        )
         freshness = _fresh(request, tenant.shard)
         if (
             conversation_summary(shard=tenant.shard, tenant_id=tenant.tenant_id, conversation_id=conversation_id)
@@ -162,7 +122,7 @@ class ConversationMembersView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        return _accept(request, conversation_id, kind="member", item_type=MembersIn, rows_for=members_rows_for)
+        raise ServedByEdge
 
 
 class ConversationReadView(APIView):
@@ -175,7 +135,7 @@ class ConversationReadView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request, conversation_id: str) -> Response:
-        return _accept(request, conversation_id, kind="read", item_type=ReadIn, rows_for=read_rows_for)
+        raise ServedByEdge
 
 
 class InboxView(APIView):
@@ -190,8 +150,8 @@ class InboxView(APIView):
     )
     def get(self, request: Request, user_id: str) -> Response:
         tenant = tenant_of(request)
-        user_id = checked_path_id(user_id, "user_id")
-        limit = _int_param(request, "limit", 50, low=1, high=INBOX_PAGE_MAX)
+        user_id = path_id(user_id, "user_id")
+        limit = int_param(request.query_params.get("limit"), "limit", default=50, low=1, high=INBOX_PAGE_MAX)
         freshness = _fresh(request, tenant.shard)
         conversations = user_inbox(shard=tenant.shard, tenant_id=tenant.tenant_id, user_id=user_id, limit=limit)
         if not conversations:

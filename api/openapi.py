@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 
 from writes.schemas import MAX_NESTING, AccountIn, EventIn, MembersIn, MessageIn, ReadIn, TransferIn
 
@@ -116,6 +116,29 @@ class AccountOut(msgspec.Struct):
     transfer_count: int | None = None
 
 
+class EventBucket(msgspec.Struct):
+    name: str
+    #: Start of the UTC hour or day.
+    start: datetime
+    count: int
+
+
+class EventStats(msgspec.Struct):
+    interval: Literal["hour", "day"]
+    start: datetime
+    end: datetime
+    name: str | None
+    #: Non-empty buckets only, by start then name; a missing bucket counted zero events.
+    buckets: list[EventBucket]
+    as_of: AsOf
+    #: How long ago the oldest write not yet counted was applied; 0 when fully caught up.
+    lag_seconds: float
+    #: The ``min_position`` asked for, if any.
+    min_position: int | None
+    #: True when ``min_position`` was not reached within ``wait``: the answer is what there was.
+    timed_out: bool
+
+
 class Health(msgspec.Struct):
     status: Literal["ok"]
 
@@ -139,6 +162,7 @@ DOCUMENTED: list[type[msgspec.Struct]] = [
     MessagePage,
     InboxOut,
     AccountOut,
+    EventStats,
     Health,
     Readiness,
 ]
@@ -199,6 +223,14 @@ WRITE_RESPONSES: dict[int, Any] = {
 }
 
 
+MIN_POSITION = OpenApiParameter(
+    "min_position",
+    {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    description="Wait (up to 30 s) until the read model has passed this log position (a write's `position`); "
+    "`timed_out` says if it had not.",
+)
+
+
 # Free-form JSON objects (event properties) as documented. msgspec spells the nesting limit out as
 # ten levels of unrolled unions (over 200 KB of schema that clients and fuzzers choke on); the limit is
 # stated in words instead, and integers keep their 64-bit range.
@@ -222,7 +254,7 @@ def add_msgspec_components(result: dict[str, Any], generator: Any, request: Any,
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
-    target_class = "writes.api.auth.ApiKeyAuthentication"
+    target_class = "api.auth.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:

@@ -1,14 +1,14 @@
-"""HTTP surface of the read side: thin views that validate parameters, call one selector and answer
-with the data and how fresh it is."""
+"""Event statistics over HTTP: validate the parameters, call one selector, answer with the counts and
+how fresh they are (the edge has already waited for ``min_position``)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from django.conf import settings
 from django.http import QueryDict
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -17,17 +17,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from readmodels.api import openapi as _components  # noqa: F401 (registers the read API's schemas)
-from readmodels.api.selectors import Interval, event_counts
-from readmodels.projections.events import EventCounts, day_of, hour_of
-from readmodels.selectors.freshness import wait_for_position
-from writes.api import openapi
-from writes.api.views import tenant_of
+from api import openapi
+from api.params import ParamError, min_position_param, read_wait_param
+from api.views.health import tenant_of
+from readmodels.projections.events import day_of, hour_of
+from readmodels.selectors.events import Interval, event_counts
 
 BUCKET_LENGTH: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 DEFAULT_SPAN: dict[str, timedelta] = {"hour": timedelta(hours=24), "day": timedelta(days=30)}
 MAX_BUCKETS = 10_000
 MAX_NAME_LENGTH = 200
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,8 @@ def parse_stats_query(params: QueryDict, *, now: datetime) -> StatsQuery:
             errors["end"] = "Must be after start."
         elif (end - start) / BUCKET_LENGTH[interval] > MAX_BUCKETS:
             errors["start"] = f"At most {MAX_BUCKETS} {interval}s between start and end."
-    min_position = _non_negative_int(params.get("min_position"), "min_position", errors)
-    wait = _wait(params.get("wait"), errors)
+    min_position = _checked(lambda: min_position_param(params.get("min_position")), errors)
+    wait = _checked(lambda: read_wait_param(params.get("wait")), errors) or 0.0
     if errors:
         raise ValidationError(errors)
     assert start is not None
@@ -84,27 +85,16 @@ def parse_stats_query(params: QueryDict, *, now: datetime) -> StatsQuery:
     return StatsQuery(interval, start, end, name, min_position, wait)  # type: ignore[arg-type]
 
 
-def _non_negative_int(raw: str | None, field: str, errors: dict[str, str]) -> int | None:
-    if raw is None:
-        return None
-    if not raw.isdigit() or len(raw) > 18:
-        errors[field] = "A log position: a whole number from 0."
-        return None
-    return int(raw)
-
-
-def _wait(raw: str | None, errors: dict[str, str]) -> float:
-    limit = float(settings.READMODELS_MAX_WAIT_SECONDS)
-    if raw is None:
-        return limit
+def _checked(parse: Callable[[], T], errors: dict[str, str]) -> T | None:
+    """``parse()``, with its problem added to ``errors`` instead of raised."""
     try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= limit:
-        errors["wait"] = f"A number of seconds from 0 to {limit:g}."
-        return 0.0
-    return value
+        return parse()
+    except ParamError as exc:
+        detail: Any = exc.detail
+        errors.update(
+            {field: str(message[0] if isinstance(message, list) else message) for field, message in detail.items()}
+        )
+        return None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -140,12 +130,6 @@ class EventStatsView(APIView):
     def get(self, request: Request) -> Response:
         query = parse_stats_query(request.query_params, now=timezone.now())
         tenant = tenant_of(request)
-        timed_out = False
-        if query.min_position is not None:
-            reached = wait_for_position(
-                shard=tenant.shard, projection=EventCounts.name, position=query.min_position, timeout=query.wait
-            )
-            timed_out = not reached
         read = event_counts(
             shard=tenant.shard,
             tenant_id=tenant.tenant_id,
@@ -163,6 +147,6 @@ class EventStatsView(APIView):
             "as_of": {"position": read.freshness.position, "time": _iso(read.freshness.time)},
             "lag_seconds": read.freshness.lag_seconds,
             "min_position": query.min_position,
-            "timed_out": timed_out,
+            "timed_out": query.min_position is not None and read.freshness.position < query.min_position,
         }
         return Response(body)

@@ -1,5 +1,6 @@
-"""HTTP surface of the ledger: accounts are created synchronously (201/200, 409 on a conflict),
-transfers are writes (202), and an account's balance is read with ``as_of``."""
+"""The ledger over HTTP: accounts are created synchronously (201/200, 409 on a conflict) and read
+with their balance and ``as_of``. Transfers are writes, served by the edge (``api.edge.app``); their
+operation here documents them in the schema."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api import openapi
+from api.errors import ServedByEdge
+from api.openapi import MIN_POSITION
+from api.params import min_position_param, path_id, with_timed_out
+from api.views.health import read_json_body, tenant_of
 from readmodels.selectors.ledger import account_balance
-from writes.api import openapi
-from writes.api.chat import checked_path_id
-from writes.api.views import accept_request, read_json_body, tenant_of
-from writes.intake import transfer_rows_checked_by
-from writes.ledger import TRANSFER_KIND, account_create, accounts_lookup_for
-from writes.schemas import ISO_4217, AccountIn, FieldError, TransferIn, ValidationFailed, parse_one
+from writes.ledger import account_create
+from writes.schemas import ISO_4217, AccountIn, FieldError, ValidationFailed, parse_one
 
 MAX_ACCOUNT_BODY_BYTES = 4 * 1024
 
@@ -60,16 +62,18 @@ class AccountView(APIView):
         summary="A ledger account and its balance",
         description="For `no_overdraft` accounts the balance is strongly consistent (`consistency: strong`); for "
         "the others it is the projection, as of `as_of`.",
+        parameters=[MIN_POSITION],
         responses={200: openapi.response_of("AccountOut"), **openapi.ERROR_RESPONSES},
     )
     def get(self, request: Request, account_id: str) -> Response:
         tenant = tenant_of(request)
+        min_position = min_position_param(request.query_params.get("min_position"))
         found = account_balance(
-            shard=tenant.shard, tenant_id=tenant.tenant_id, account_id=checked_path_id(account_id, "account_id")
+            shard=tenant.shard, tenant_id=tenant.tenant_id, account_id=path_id(account_id, "account_id")
         )
         if found is None:
             raise NotFound("No account with this id.")
-        return Response(found)
+        return Response(with_timed_out(found, min_position))
 
 
 class TransfersView(APIView):
@@ -83,7 +87,4 @@ class TransfersView(APIView):
         responses=openapi.WRITE_RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        lookup = accounts_lookup_for(tenant_of(request))
-        return accept_request(
-            request, kind=TRANSFER_KIND, item_type=TransferIn, build_rows=transfer_rows_checked_by(lookup)
-        )
+        raise ServedByEdge

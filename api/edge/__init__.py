@@ -1,0 +1,1 @@
+"""The API's asynchronous edge: hot routes, the coalescing publisher and notification-woken waits."""

@@ -1,0 +1,1 @@
+"""Django (DRF) views of the API: reads, ledger accounts, health; the hot routes' schema."""
