@@ -14,3 +14,6 @@ from config.settings import *  # noqa: F403
 CONN_MAX_AGE = 0
 for _database in DATABASES.values():  # noqa: F405
     _database["CONN_MAX_AGE"] = 0
+
+# The test client's own request lines are noise in a failing test's output.
+LOGGING.setdefault("loggers", {})["httpx"] = {"level": "WARNING"}  # noqa: F405

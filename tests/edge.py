@@ -88,13 +88,14 @@ class ApiClient:
         content_type: str | None = None,
         **extra: Any,
     ) -> ApiResponse:
-        headers = {**self._headers, **_headers(extra)}
+        headers: dict[str, str | bytes] = {**self._headers, **_headers(extra)}
         if content_type is not None:
             headers["Content-Type"] = content_type
         return ApiResponse(self._http.request(method, path, params=params, content=content, headers=headers))
 
     def get(self, path: str, data: Any = None, **extra: Any) -> ApiResponse:
-        return self.request("GET", path, params=data, **extra)
+        # httpx replaces a query already in ``path`` with ``params``, even an empty one.
+        return self.request("GET", path, params=data or None, **extra)
 
     def post(self, path: str, data: Any = None, content_type: str = "application/json", **extra: Any) -> ApiResponse:
         if data is not None and not isinstance(data, bytes | str):
@@ -110,14 +111,14 @@ class ApiClient:
         self._http.close()
 
 
-def _headers(meta: dict[str, Any]) -> dict[str, str]:
-    """Django-style ``HTTP_X_FOO=value`` keyword arguments as ``X-Foo: value`` headers."""
-    headers: dict[str, str] = {}
+def _headers(meta: dict[str, Any]) -> dict[str, str | bytes]:
+    """Django-style ``HTTP_X_FOO=value`` keyword arguments as ``X-Foo: value`` headers (any text that
+    Latin-1 can carry goes on the wire as it is, as a client could send it)."""
+    headers: dict[str, str | bytes] = {}
     for key, value in meta.items():
-        if key.startswith("HTTP_"):
-            headers[key[5:].replace("_", "-").title()] = str(value)
-        elif key == "CONTENT_TYPE":
-            headers["Content-Type"] = str(value)
+        name = "Content-Type" if key == "CONTENT_TYPE" else key[5:].replace("_", "-").title()
+        if key.startswith("HTTP_") or key == "CONTENT_TYPE":
+            headers[name] = value if isinstance(value, bytes) else str(value).encode("latin-1")
     return headers
 
 

@@ -161,37 +161,38 @@ class Worker:
 
 
 class ApiServer:
-    """The API under gunicorn (several worker processes), as production runs it."""
+    """The API in processes of its own (``serve_api``'s uvicorn command), as production runs it."""
 
-    def __init__(self, *, workers: int = 2, threads: int = 8) -> None:
+    def __init__(self, *, workers: int = 2, environment: dict[str, str] | None = None) -> None:
+        from writes.management.commands.serve_api import api_command, api_environment
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._metrics_dir = tempfile.TemporaryDirectory(prefix="api-metrics-")
         self.log_path = ROOT / "var" / f"api-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
-        environment = {
-            **stack_environment(),
-            "PORT": str(self.port),
-            "WEB_CONCURRENCY": str(workers),
-            "WEB_THREADS": str(threads),
-            "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir.name,
-        }
-        command = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+        base = {**stack_environment(), "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir.name, **(environment or {})}
+        self.process = subprocess.Popen(
+            api_command(host="127.0.0.1", port=self.port, processes=workers),
+            cwd=ROOT,
+            env=api_environment(self.port, base),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.log_path.read_text()}")
+                raise RuntimeError(f"the API exited early:\n{self.log_path.read_text()}")
             try:
                 scrape(f"{self.url}/healthz")
                 return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"the API was not ready after {timeout}s:\n{self.log_path.read_text()}")
 
     def stop(self) -> None:
         terminate(self.process)

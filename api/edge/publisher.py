@@ -257,13 +257,14 @@ class EdgePublisher:
                     await self._reset()
                     raise BrokerUnavailable(f"The broker cannot be reached ({exc.__class__.__name__}).") from exc
             channel = self._channel
-            if shard not in self._declared:
+            queue = shard_queue(shard)
+            if queue.name not in self._declared:
                 try:
-                    await _declare(channel, shard_queue(shard))
+                    await _declare(channel, queue)
                 except (aiormq.exceptions.AMQPError, ConnectionError, OSError) as exc:
                     await self._reset()
                     raise BrokerUnavailable(f"The queue for {shard} cannot be declared ({exc}).") from exc
-                self._declared.add(shard)
+                self._declared.add(queue.name)
             return channel
 
     async def _reset(self) -> None:

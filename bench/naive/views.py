@@ -7,8 +7,8 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from api.views.health import tenant_of
 
+from api.views.health import tenant_of
 from bench.naive.serializers import NaiveEventSerializer
 from bench.naive.tasks import naive_insert_event, naive_queue_name
 

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from django.db import OperationalError, connections
 
 from tests.conftest import TenantHandle
 from tests.stack import ROOT, stack_environment
+from writes.management.commands.serve_api import api_command, api_environment
 from writes.models import RejectedWrite, WriteLog
 
 RESULTS_DIR = ROOT / "var" / "faults"
@@ -58,34 +58,42 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-class ApiServer:
-    """``gunicorn`` serving the API against the test databases, in its own process group."""
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
-    # Few threads: every thread keeps a connection to the control database, and the PostgreSQL server
-    # (max_connections) is shared with whatever else runs on the machine.
-    def __init__(self, *, environment: dict[str, str] | None = None, workers: int = 2, threads: int = 4) -> None:
+
+class ApiServer:
+    """The API (``serve_api``'s uvicorn command) against the test databases, in its own process group."""
+
+    def __init__(self, *, environment: dict[str, str] | None = None, workers: int = 2) -> None:
         self.port = free_port()
         self.log_path = ROOT / "var" / f"api-faults-{os.getpid()}.log"
         self._log = self.log_path.open("a")
         env = {
             **stack_environment(),
-            "PORT": str(self.port),
-            "WEB_CONCURRENCY": str(workers),
-            "WEB_THREADS": str(threads),
             # A crash of an API process leaves the Python stacks of all its threads in the log.
             "PYTHONFAULTHANDLER": "1",
             **(environment or {}),
         }
-        command = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
+        command = api_command(host="127.0.0.1", port=self.port, processes=workers)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(ROOT / "var" / "metrics" / f"api-faults-{self.port}")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=ROOT,
+            env=api_environment(self.port, env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_until(self._answers, timeout=60, what="API server up")
         wait_until(lambda: len(self.worker_pids()) == workers, timeout=30, what="API workers up")
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{self.log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"the API exited:\n{self.log_path.read_text()[-3000:]}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
             connection.request("GET", "/healthz")
@@ -94,7 +102,8 @@ class ApiServer:
             return False
 
     def worker_pids(self) -> list[int]:
-        return children_of(self.process.pid)
+        """The serving processes (uvicorn spawns them; its resource tracker is not one)."""
+        return [pid for pid in children_of(self.process.pid) if b"spawn_main" in _cmdline(pid)]
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -36,8 +36,8 @@ from tests.faults.harness import (
 )
 from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_depth
 from writes.models import RejectedWrite, WriteLog
-from writes.publisher import CoalescingPublisher
-from writes.queues import all_queues, dead_letter_queue, queue_name
+from writes.publisher import publish_apply_message
+from writes.queues import all_queues, dead_letter_queue, queue_name, shard_queue
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)]
 
@@ -227,7 +227,7 @@ def test_api_process_sigkilled_loses_no_write_it_answered_202():
             wait_until(
                 replaced,
                 timeout=60,
-                what="gunicorn replaced the killed process",
+                what="uvicorn replaced the killed process",
             )
             load.wait_for_accepted(load.accepted_count() + 1_000)
         result = load.stop()
@@ -255,9 +255,6 @@ def test_poison_writes_are_isolated_and_a_transiently_failing_batch_is_dead_lett
     api = ApiServer()
     workers = start_workers()
     load = Load(api.port, tenants, batch=200)
-    publisher = CoalescingPublisher(
-        broker_url=settings.CELERY_BROKER_URL, linger_seconds=0.002, max_writes=10_000, timeout_seconds=5
-    )
     good_ids: list[str] = []
     bad: dict[str, str] = {}  # id as recorded → expected word in the reason
     try:
@@ -275,7 +272,9 @@ def test_poison_writes_are_isolated_and_a_transiently_failing_batch_is_dead_lett
                 rows.extend([[g, f"good-{kind}-{n}", '{"ok": true}', now] for g in good[:5]])
                 rows.append(row)
                 rows.extend([[g, f"good-{kind}-{n}", '{"ok": true}', now] for g in good[5:]])
-            publisher.publish(poisoned.shard, [str(poisoned.tenant.id), "event", now, rows])
+            publish_apply_message(
+                shard_queue(poisoned.shard), poisoned.shard, [[str(poisoned.tenant.id), "event", now, rows]]
+            )
 
         # A batch that keeps failing for a transient reason: capped retries, then the dead-letter queue.
         stuck_id = str(uuid.uuid4())

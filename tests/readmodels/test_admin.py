@@ -15,7 +15,7 @@ from writes.apply import apply_batch
 from writes.ledger import account_create
 from writes.routing import TenantContext
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 PAGES = ["chatconversation", "chatmessage", "chatinbox", "ledgerbalance"]
 

@@ -20,7 +20,7 @@ from readmodels.selectors.chat import user_inbox
 from tests.conftest import ALL_DATABASES
 from writes.apply import apply_batch
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 SHARD = "shard_1"

@@ -20,7 +20,7 @@ from writes.ledger import account_create
 from writes.models import LedgerAccount
 from writes.routing import TenantContext
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 SHARD = "shard_0"

@@ -24,7 +24,7 @@ from tests.readmodels.helpers import (
 )
 from writes.apply import apply_batch
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 SHARD = "shard_0"
 BASE = datetime(2026, 3, 1, 10, tzinfo=UTC)

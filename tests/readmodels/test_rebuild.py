@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core.management import call_command
 from django.db import connections
-from readmodels.api.selectors import event_counts
 
 from readmodels.models import ProjectionCheckpoint
 from readmodels.projections import Projection
@@ -20,6 +19,7 @@ from readmodels.projections.events import EventCounts
 from readmodels.projections.ledger import LedgerProjection
 from readmodels.projector import project_shard
 from readmodels.rebuild import rebuild_projection
+from readmodels.selectors.events import event_counts
 from tests.conftest import ALL_DATABASES
 from tests.readmodels.helpers import apply_events, assert_counts_exact, log_positions, stored_counts
 from tests.readmodels.test_chat_projection import SHARD as CHAT_SHARD

@@ -14,7 +14,7 @@ from writes.apply import apply_batch
 from writes.models import ApiKey, Tenant
 from writes.services import hash_api_key, tenant_for_api_key
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tests.conftest import ALL_DATABASES
 from writes.apply import apply_batch
 from writes.models import RejectedWrite, WriteLog
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC).isoformat()
 

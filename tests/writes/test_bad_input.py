@@ -7,6 +7,7 @@ added there (with a valid body of its own, which the cases mutate).
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
-from tests.edge import api_client
+from tests.edge import api_client, shared_server
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -214,7 +215,7 @@ def test_bad_status_query_answers_400(query, field):
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer", "Bearer a b", "Bearer wk_\u00e9", "Basic dXNlcjpwYXNz", "Bearer " + "wk_" + "a" * 5000, "bearer\x00x"],
+    ["Bearer", "Bearer a b", "Bearer wk_\u00e9", "Basic dXNlcjpwYXNz", "Bearer " + "wk_" + "a" * 5000],
 )
 def test_malformed_authorization_answers_401(header):
 
@@ -223,3 +224,15 @@ def test_malformed_authorization_answers_401(header):
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_a_header_no_http_parser_accepts_is_refused_with_400_not_5xx():
+    """A NUL in a header never reaches the application: the server's HTTP parser refuses the request."""
+    request = (
+        b"POST /api/v1/events HTTP/1.1\r\nHost: api\r\nAuthorization: bearer\x00x\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 12\r\n\r\n{"name":"x"}'
+    )
+    with socket.create_connection(("127.0.0.1", shared_server().port), timeout=5) as connection:
+        connection.sendall(request)
+        status_line = connection.recv(200).split(b"\r\n", 1)[0]
+    assert status_line.split(b" ")[1] == b"400", status_line

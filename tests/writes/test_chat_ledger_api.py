@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from writes.api.openapi import DOCUMENTED
 
+from api.openapi import DOCUMENTED
 from readmodels.projector import project_shard
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
 from writes.apply import apply_batch

@@ -14,7 +14,7 @@ from tests.stack import ROOT
 from writes.models import Tenant
 from writes.services import tenant_for_api_key
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 
 def test_create_tenant_json_prints_exactly_one_line_with_a_working_key():

@@ -15,7 +15,7 @@ from writes.ledger import account_create
 from writes.models import LedgerAccount, RejectedWrite, WriteLog
 from writes.routing import TenantContext
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC).isoformat()
 SHARD = "shard_0"

@@ -9,12 +9,11 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 from kombu import Connection
-from writes.api.throttling import TokenBuckets
 
+from api.throttling import TokenBuckets
 from tests.conftest import ALL_DATABASES, make_tenant
+from tests.edge import api_client
 from tests.stack import queue_depth
-from writes import publisher as publisher_module
-from writes.publisher import CoalescingPublisher
 from writes.queues import all_queues, dead_letter_queue
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
@@ -47,24 +46,20 @@ def test_unknown_keys_get_401_not_429():
     tenant = make_tenant("limited")
     assert tenant.get(f"/api/v1/writes/{uuid.uuid4()}").status_code == 200
     assert tenant.get(f"/api/v1/writes/{uuid.uuid4()}").status_code == 429
-    tenant.client.defaults["HTTP_AUTHORIZATION"] = "Bearer wk_not-a-key"
-    assert tenant.get(f"/api/v1/writes/{uuid.uuid4()}").status_code == 401
+    assert api_client(HTTP_AUTHORIZATION="Bearer wk_not-a-key").get(f"/api/v1/writes/{uuid.uuid4()}").status_code == 401
 
 
 QUEUE_BOUND = 5
 
 
 @pytest.fixture
-def tiny_queues(monkeypatch) -> Iterator[CoalescingPublisher]:
-    """Queues of this test's own (arguments are fixed per queue name) holding ``QUEUE_BOUND`` messages."""
+def tiny_queues() -> Iterator[None]:
+    """Queues of this test's own (arguments are fixed per queue name) holding ``QUEUE_BOUND`` messages;
+    the API declares them on its first publish."""
     prefix = f"test.full.{uuid.uuid4().hex[:8]}"
     with override_settings(WRITES_QUEUE_PREFIX=prefix, WRITES_QUEUE_MAX_LENGTH=QUEUE_BOUND):
-        publisher = CoalescingPublisher(
-            broker_url=settings.CELERY_BROKER_URL, linger_seconds=0.001, max_writes=100, timeout_seconds=3.0
-        )
-        monkeypatch.setattr(publisher_module, "_publisher", publisher)
         try:
-            yield publisher
+            yield
         finally:
             with Connection(settings.CELERY_BROKER_URL) as connection:
                 channel = connection.channel()

@@ -17,7 +17,7 @@ from tests.stack import ROOT, stack_environment
 from writes.logs import JsonFormatter, ReadableFormatter
 from writes.tasks import apply_batch_task
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
 NOW = datetime.now(UTC).isoformat()
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ALL_DATABASES, make_tenant
+from tests.edge import api_client, edge_server
 from tests.stack import ApiServer, scrape
 from tests.writes.test_e2e_events import wait_until
 from writes.models import WriteLog
@@ -111,19 +110,13 @@ def test_metrics_scraped_during_load_move_and_match_the_applied_rows(live_worker
 
 
 @pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
-def test_metrics_count_503_refusals_by_code(monkeypatch):
-    from writes import publisher as publisher_module
-    from writes.publisher import CoalescingPublisher
-
-    dead = CoalescingPublisher(
-        broker_url="amqp://guest:guest@127.0.0.1:1//", linger_seconds=0.001, max_writes=100, timeout_seconds=0.5
-    )
-    monkeypatch.setattr(publisher_module, "_publisher", dead)
-    monkeypatch.setattr(publisher_module, "_publisher_pid", os.getpid())
+def test_metrics_count_503_refusals_by_code():
     tenant = make_tenant("refused")
     refused = {"status": "503", "code": "broker_unavailable"}
-    before = value(Client().get("/metrics").content.decode(), "writes_http_refused_total", **refused)
-    assert tenant.post_json("/api/v1/events", {"name": "x"}).status_code == 503
-    text = Client().get("/metrics").content.decode()
+    before = value(api_client().get("/metrics").content.decode(), "writes_http_refused_total", **refused)
+    with edge_server(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//") as server:
+        client = server.client(HTTP_AUTHORIZATION=f"Bearer {tenant.api_key}")
+        assert client.post("/api/v1/events", {"name": "x"}).status_code == 503
+    text = api_client().get("/metrics").content.decode()
     assert value(text, "writes_http_refused_total", **refused) == before + 1
     assert value(text, "writes_http_requests_total", endpoint="events", method="POST", status="503") >= 1

@@ -47,7 +47,7 @@ def example_projection_source(shard: str) -> list[ProjectionStatus]:
     ]
 
 
-@pytest.mark.django_db(databases=ALL_DATABASES)
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 def test_operations_page_is_for_staff_only():
     response = Client().get("/admin/operations/")
     assert response.status_code == 302
@@ -58,7 +58,7 @@ def test_operations_page_is_for_staff_only():
     assert client.get("/admin/operations/data").status_code == 302
 
 
-@pytest.mark.django_db(databases=ALL_DATABASES)
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 def test_operations_data_reports_each_shard_and_registered_projection_sources(settings):
     settings.WRITES_PROJECTION_STATUS_SOURCES = ["tests.writes.test_operations.example_projection_source"]
     last = apply_events("shard_1", 25)
@@ -171,7 +171,7 @@ def test_time_to_drain_is_depth_over_message_rate_and_infinite_when_stalled():
     assert math.isinf(status(10, 2.0, 60.0).seconds_to_drain or 0)  # a rate from a minute ago, nothing since
 
 
-@pytest.mark.django_db(databases=ALL_DATABASES)
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 def test_writes_status_prints_each_shard_and_the_busiest_logical_shards():
     import io
 

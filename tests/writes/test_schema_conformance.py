@@ -1,4 +1,5 @@
-"""schemathesis against the project's own OpenAPI schema, in process: no 5xx, responses as documented.
+"""schemathesis against the project's own OpenAPI schema, over HTTP to the API as it runs (edge and
+Django): no 5xx, responses as documented.
 
 Fixed seed and bounded examples, so a run is repeatable and fast; a failure prints the request to replay.
 """
@@ -6,17 +7,16 @@ Fixed seed and bounded examples, so a run is repeatable and fast; a failure prin
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
-from django.core import signals
-from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
 from django.test import override_settings
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from tests.conftest import ALL_DATABASES, make_tenant
+from tests.edge import shared_server
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -32,23 +32,21 @@ config = schemathesis.Config.from_dict(
         "checks": {"negative_data_rejection": {"expected-statuses": REJECTION_STATUSES}},
     }
 )
-schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", get_wsgi_application(), config=config)
+
+
+@pytest.fixture
+def api_schema() -> Any:
+    return schemathesis.openapi.from_url(f"{shared_server().url}/api/schema/?format=json", config=config)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @pytest.fixture
 def api_key() -> Iterator[str]:
-    # Requests run in this thread through the WSGI handler, whose request signals would close the
-    # test's database connection (and its transaction); Django's own test client unhooks them too.
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
     # Long-polls (?wait=, ?min_position=) would each hold a generated request for up to 30 s.
-    short_waits = override_settings(READMODELS_MAX_WAIT_SECONDS=0.2, WRITES_STATUS_MAX_WAIT_SECONDS=0.2)
-    try:
-        with short_waits:
-            yield make_tenant("schemathesis").api_key
-    finally:
-        signals.request_started.connect(close_old_connections)
-        signals.request_finished.connect(close_old_connections)
+    with override_settings(READMODELS_MAX_WAIT_SECONDS=0.2, WRITES_STATUS_MAX_WAIT_SECONDS=0.2):
+        yield make_tenant("schemathesis").api_key
 
 
 @schema.parametrize()

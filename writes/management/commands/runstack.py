@@ -17,9 +17,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from writes.management.commands.serve_api import api_command, api_environment
 from writes.models import ApiKey, Tenant
 from writes.queues import maintenance_queue_name, queue_name
-from writes.management.commands.serve_api import api_command, api_environment
 from writes.services import api_key_issue, api_key_revoke, shard_for_logical, tenant_create
 
 DEMO_TENANT = "demo"
