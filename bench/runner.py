@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.copy_limit import run_copy_limit
 from bench.loadgen import LoadSpec
-from bench.stack import BenchEnvironment, ProcessSpec, Stack, gunicorn_command, worker_command
+from bench.stack import BenchEnvironment, ProcessSpec, Stack, api_process, gunicorn_command, worker_command
 
 PRODUCT_SETTINGS = "config.production"
 BENCH_SETTINGS = "bench.settings"
@@ -259,7 +259,10 @@ class BenchRun:
 
     def _stack_for(self, scenario: Scenario) -> Stack:
         tuning = self.tuning
-        specs = [ProcessSpec("api", gunicorn_command(workers=tuning.api_workers, threads=tuning.api_threads))]
+        if scenario.settings_module == BENCH_SETTINGS:  # the naive baselines: plain Django under gunicorn
+            specs = [ProcessSpec("api", gunicorn_command(workers=tuning.api_workers, threads=tuning.api_threads))]
+        else:
+            specs = [api_process(port=self.environment.port, processes=tuning.api_workers)]
         if scenario.workers == "shards":
             for alias, copy in itertools.product(self.environment.shard_aliases, range(tuning.workers_per_shard)):
                 command = worker_command(

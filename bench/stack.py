@@ -127,6 +127,7 @@ class ProcessSpec:
     role: str  # "api", "worker" (applies writes) or "housekeeping" (maintenance queue)
     command: list[str]
     queue: str = ""  # a worker is ready once it consumes from this queue
+    environment: dict[str, str] = field(default_factory=dict)  # on top of the stack's variables
 
 
 class Stack:
@@ -145,7 +146,12 @@ class Stack:
             log_path = self.environment.log_dir / f"{spec.role}-{index}.log"
             with log_path.open("w") as log:
                 process = subprocess.Popen(  # noqa: S603
-                    spec.command, cwd=ROOT, env=variables, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    spec.command,
+                    cwd=ROOT,
+                    env={**variables, **spec.environment},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
             self.processes.append((spec, process, log_path))
         deadline = time.monotonic() + timeout
@@ -204,10 +210,22 @@ class Stack:
 
 
 def gunicorn_command(*, workers: int, threads: int) -> list[str]:
+    """The naive baselines' server: a plain Django + DRF deployment under gunicorn."""
     return [
-        sys.executable, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py",
+        sys.executable, "-m", "gunicorn", "bench.naive.wsgi:application", "-c", "bench/naive/gunicorn.py",
         "--workers", str(workers), "--threads", str(threads),
     ]  # fmt: skip
+
+
+def api_process(*, port: int, processes: int) -> ProcessSpec:
+    """The product's API as ``serve_api`` runs it: uvicorn with the edge, pooled Django connections."""
+    from writes.management.commands.serve_api import api_command
+
+    return ProcessSpec(
+        "api",
+        api_command(host="127.0.0.1", port=port, processes=processes),
+        environment={"DATABASE_POOL_MAX_SIZE": "8"},
+    )
 
 
 def worker_command(queues: list[str], *, name: str, concurrency: int, prefetch: int, pool: str) -> list[str]:

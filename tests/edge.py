@@ -42,14 +42,15 @@ class ApiResponse:
         return name in self.headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self.headers.get(name, default)
+        found: str | None = self.headers.get(name, default)
+        return found
 
 
 class EdgeServer:
     """uvicorn running the API application in a thread of this process."""
 
     def __init__(self) -> None:
-        from config.asgi import Application  # after the test databases exist: the edge reads their names
+        from api.edge.app import Application  # after the test databases exist: the edge reads their names
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -88,9 +89,9 @@ class ApiClient:
         content_type: str | None = None,
         **extra: Any,
     ) -> ApiResponse:
-        headers: dict[str, str | bytes] = {**self._headers, **_headers(extra)}
+        headers: dict[bytes, bytes] = {**self._headers, **_headers(extra)}
         if content_type is not None:
-            headers["Content-Type"] = content_type
+            headers[b"content-type"] = content_type.encode("latin-1")
         return ApiResponse(self._http.request(method, path, params=params, content=content, headers=headers))
 
     def get(self, path: str, data: Any = None, **extra: Any) -> ApiResponse:
@@ -111,14 +112,14 @@ class ApiClient:
         self._http.close()
 
 
-def _headers(meta: dict[str, Any]) -> dict[str, str | bytes]:
+def _headers(meta: dict[str, Any]) -> dict[bytes, bytes]:
     """Django-style ``HTTP_X_FOO=value`` keyword arguments as ``X-Foo: value`` headers (any text that
     Latin-1 can carry goes on the wire as it is, as a client could send it)."""
-    headers: dict[str, str | bytes] = {}
+    headers: dict[bytes, bytes] = {}
     for key, value in meta.items():
-        name = "Content-Type" if key == "CONTENT_TYPE" else key[5:].replace("_", "-").title()
+        name = "content-type" if key == "CONTENT_TYPE" else key[5:].replace("_", "-").lower()
         if key.startswith("HTTP_") or key == "CONTENT_TYPE":
-            headers[name] = value if isinstance(value, bytes) else str(value).encode("latin-1")
+            headers[name.encode()] = value if isinstance(value, bytes) else str(value).encode("latin-1")
     return headers
 
 

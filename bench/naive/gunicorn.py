@@ -1,4 +1,5 @@
-"""Gunicorn settings for the API: a few processes, many threads (requests mostly wait on the broker).
+"""Gunicorn settings of the naive baselines (``bench.naive.wsgi``): a few processes, many threads, as a
+plain Django + DRF deployment runs.
 
 Metrics: every worker process writes its Prometheus values to ``PROMETHEUS_MULTIPROC_DIR`` and
 ``/metrics`` merges them; the directory is emptied when the server starts.
