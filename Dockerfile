@@ -12,4 +12,4 @@ RUN useradd --system --uid 1000 app && mkdir -p var && chown app var
 USER app
 
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py"]
+CMD ["python", "manage.py", "serve_api", "--host", "0.0.0.0", "--port", "8000"]

@@ -33,6 +33,12 @@ class PayloadTooLarge(exceptions.APIException):
     default_detail = "The request body is too large."
 
 
+class MalformedGzip(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "malformed_gzip"
+    default_detail = "The body is not valid gzip."
+
+
 class TooManyWaits(exceptions.APIException):
     """A tenant holds as many long-polls in this process as it may."""
 

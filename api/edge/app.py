@@ -16,6 +16,7 @@ import logging
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,7 +33,7 @@ from api.edge.database import Handler as ChannelHandler
 from api.edge.database import Listener, Pools
 from api.edge.publisher import EdgePublisher
 from api.edge.waits import Positions, TenantWaits, WriteStatuses
-from api.errors import PayloadTooLarge, TooManyWaits, error_answer, error_body
+from api.errors import MalformedGzip, PayloadTooLarge, TooManyWaits, error_answer, error_body
 from api.keys import KEYS, is_missing
 from api.params import min_position_param, path_id, read_wait_param, status_wait_param, write_id_param
 from api.throttling import rate_limit_wait
@@ -221,28 +222,54 @@ def _unauthorized(exc: exceptions.APIException) -> exceptions.APIException:
 
 
 async def _read_body(request: Request) -> bytes:
-    """The JSON body, with 415 and 413 answered before anything is parsed."""
+    """The JSON body, with 415 and 413 answered before anything is parsed. A gzip body
+    (``Content-Encoding: gzip``) is inflated here; the size limit applies to what it inflates to."""
     content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
     if content_type != b"application/json":
         shown = content_type.decode("latin-1") or "none"
         raise exceptions.UnsupportedMediaType(shown, detail="Send the body as application/json.")
+    encoding = request.headers.get(b"content-encoding", b"identity").strip().lower()
+    if encoding not in {b"identity", b"gzip"}:
+        raise exceptions.UnsupportedMediaType(
+            encoding.decode("latin-1"), detail="Content-Encoding must be gzip or absent."
+        )
     limit = settings.WRITES_MAX_BODY_BYTES
     declared = request.headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    inflater = zlib.decompressobj(wbits=31) if encoding == b"gzip" else None
     chunks: list[bytes] = []
-    size = 0
+    size = received = 0
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
         chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        if inflater is not None:
+            chunk = _inflate(inflater, chunk, limit - size)
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
         chunks.append(chunk)
         if not message.get("more_body", False):
+            if inflater is not None and not inflater.eof:
+                raise MalformedGzip("The gzip body is truncated.")
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _inflate(inflater: Any, chunk: bytes, room: int) -> bytes:
+    """Inflate at most ``room`` + 1 bytes: a body that inflates past the limit (a decompression bomb)
+    is refused after that much work, not after inflating all of it."""
+    try:
+        inflated = inflater.decompress(chunk, room + 1)
+    except zlib.error as exc:
+        raise MalformedGzip(f"The body is not valid gzip ({exc}).") from exc
+    if inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"The body inflates to more than {settings.WRITES_MAX_BODY_BYTES} bytes.")
+    return bytes(inflated)
 
 
 class _ClientGone(Exception):

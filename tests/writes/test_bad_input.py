@@ -236,3 +236,30 @@ def test_a_header_no_http_parser_accepts_is_refused_with_400_not_5xx():
         connection.sendall(request)
         status_line = connection.recv(200).split(b"\r\n", 1)[0]
     assert status_line.split(b" ")[1] == b"400", status_line
+
+
+def test_gzip_bodies_are_accepted_and_limited_after_inflating():
+    import gzip
+
+    tenant = make_tenant("gzip")
+    body = json.dumps({"batch": [{"name": "zipped", "properties": {"n": n}} for n in range(500)]}).encode()
+    accepted = tenant.client.post(
+        "/api/v1/events", data=gzip.compress(body), content_type="application/json", HTTP_CONTENT_ENCODING="gzip"
+    )
+    assert accepted.status_code == 202, accepted.content
+    assert accepted.json()["accepted"] == 500
+    # A small body that inflates past the 5 MiB limit (a decompression bomb) is refused as too large.
+    bomb = gzip.compress(b"[" + b" " * (6 * 1024 * 1024) + b"]")
+    assert len(bomb) < 10_000
+    refused = tenant.client.post(
+        "/api/v1/events", data=bomb, content_type="application/json", HTTP_CONTENT_ENCODING="gzip"
+    )
+    assert refused.status_code == 413
+    for broken in [b"not gzip at all", gzip.compress(body)[:-20]]:
+        response = tenant.client.post(
+            "/api/v1/events", data=broken, content_type="application/json", HTTP_CONTENT_ENCODING="gzip"
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "malformed_gzip"
+    other = tenant.client.post("/api/v1/events", data=body, content_type="application/json", HTTP_CONTENT_ENCODING="br")
+    assert other.status_code == 415
