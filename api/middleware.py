@@ -22,6 +22,10 @@ class TenantContextMiddleware:
             current_tenant.reset(token)
 
 
+# A made-up method must not make a new series: labels come from known, bounded sets only.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetricsMiddleware:
     """Counts every answer by endpoint, method and status.
 
@@ -35,5 +39,6 @@ class RequestMetricsMiddleware:
         response = self.get_response(request)
         match = request.resolver_match
         endpoint = (match.view_name or "unnamed") if match is not None else "unmatched"
-        HTTP_REQUESTS.labels(endpoint, request.method or "", str(response.status_code)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        HTTP_REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
         return response
