@@ -10,12 +10,14 @@ import json
 import statistics
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
+from tests.edge import edge_server
 from tests.stack import ApiServer
 from writes.models import ApiKey, WriteLog
 from writes.services import api_key_revoke
@@ -133,3 +135,33 @@ def test_a_revoked_key_is_refused_by_every_api_process_within_a_second():
     assert refused_after is not None, "the revoked key still worked 3 s later"
     assert refused_after < 1.0, f"refused only after {refused_after:.2f} s"
     assert later == {401}
+
+
+def test_a_tenant_over_its_waits_gets_429_and_another_tenant_still_waits():
+    greedy, other = make_tenant("greedy"), make_tenant("other")
+    with edge_server(EDGE_MAX_WAITS_PER_TENANT=3) as server:
+        greedy_client = server.client(HTTP_AUTHORIZATION=f"Bearer {greedy.api_key}")
+        other_client = server.client(HTTP_AUTHORIZATION=f"Bearer {other.api_key}")
+
+        def long_poll(client: Any) -> Any:
+            return client.get(f"/api/v1/writes/{uuid.uuid4()}", {"wait": "3"})
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            held = [
+                pool.submit(long_poll, server.client(HTTP_AUTHORIZATION=f"Bearer {greedy.api_key}")) for _ in range(3)
+            ]
+            time.sleep(0.5)  # the three are waiting
+            refused = long_poll(greedy_client)
+            refused_read = greedy_client.get("/api/v1/stats/events", {"min_position": "999999", "wait": "3"})
+            started = time.monotonic()
+            allowed = other_client.get(f"/api/v1/writes/{uuid.uuid4()}", {"wait": "0.5"})
+            other_waited = time.monotonic() - started
+            answers = [future.result() for future in held]
+    assert refused.status_code == 429
+    assert refused["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "too_many_waits"
+    assert refused_read.status_code == 429
+    assert allowed.status_code == 200
+    assert allowed.json()["status"] == "pending"
+    assert other_waited >= 0.5
+    assert [answer.json()["status"] for answer in answers] == ["pending"] * 3
