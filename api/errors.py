@@ -118,6 +118,15 @@ def _message_and_details(detail: Any) -> tuple[str, list[Any]]:
     return str(detail), []
 
 
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Django's own 400s (a Host not in ALLOWED_HOSTS, a malformed request) in the API's error shape."""
+    return JsonResponse(error_body("bad_request", "Bad request."), status=400)
+
+
+def json_forbidden(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(error_body("forbidden", "Forbidden."), status=403)
+
+
 def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(error_body("not_found", "Not found."), status=404)
 

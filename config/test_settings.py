@@ -6,14 +6,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("WRITES_QUEUE_PREFIX", "test.writes")
+# As in the API processes: Django's requests (a thread each under the ASGI server the tests start)
+# take connections from a pool instead of opening one per request.
+os.environ.setdefault("DATABASE_POOL_MAX_SIZE", "8")
 
 from config.settings import *  # noqa: F403
-
-# Django's views run in a thread per request under the ASGI server the tests start: each request's
-# connection is closed when it ends rather than kept by a thread that is gone.
-CONN_MAX_AGE = 0
-for _database in DATABASES.values():  # noqa: F405
-    _database["CONN_MAX_AGE"] = 0
 
 # The test client's own request lines are noise in a failing test's output.
 LOGGING.setdefault("loggers", {})["httpx"] = {"level": "WARNING"}  # noqa: F405

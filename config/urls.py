@@ -21,5 +21,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
+handler400 = "api.errors.json_bad_request"
+handler403 = "api.errors.json_forbidden"
 handler404 = "api.errors.json_not_found"
 handler500 = "api.errors.json_server_error"

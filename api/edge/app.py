@@ -373,6 +373,7 @@ HOT_ROUTES: list[tuple[re.Pattern[str], str, str, Handler]] = [
     ),
     (re.compile(r"/api/v1/ledger/transfers"), "POST", "ledger-transfers", transfers),
     (re.compile(r"/api/v1/writes/([^/]+)"), "GET", "write-status", write_status),
+    (re.compile(r"/api/v1/writes/([^/]+)"), "HEAD", "write-status", write_status),  # the server drops the body
 ]
 
 # Reads that Django answers, and the projection their ``min_position`` waits for.

@@ -45,13 +45,23 @@ class StatsQuery:
 _SPACE_FOR_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
 
 
+# Moments outside these bounds are refused: near the ends of ``datetime``'s range, converting to UTC
+# or stepping back a default span would overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _moment(raw: str, field: str, errors: dict[str, str]) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(_SPACE_FOR_PLUS.sub(r"\1+\2", raw.strip()))
-    except ValueError:
+        moment = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         errors[field] = "An ISO 8601 date or date-time, e.g. 2026-01-31T13:00:00Z."
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if not EARLIEST <= moment < LATEST:
+        errors[field] = f"Between {EARLIEST.year} and {LATEST.year}."
+        return None
+    return moment
 
 
 def parse_stats_query(params: QueryDict, *, now: datetime) -> StatsQuery:
@@ -64,6 +74,8 @@ def parse_stats_query(params: QueryDict, *, now: datetime) -> StatsQuery:
     name = params.get("name") or None
     if name is not None and len(name) > MAX_NAME_LENGTH:
         errors["name"] = f"At most {MAX_NAME_LENGTH} characters."
+    elif name is not None and "\x00" in name:
+        errors["name"] = "NUL characters (\\u0000) cannot be stored."
     raw_end, raw_start = params.get("end"), params.get("start")
     end = _moment(raw_end, "end", errors) if raw_end is not None else now
     start = _moment(raw_start, "start", errors) if raw_start is not None else None
