@@ -138,6 +138,20 @@ CELERY_ACCEPT_CONTENT = ["json", "application/x-writes-msgpack"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance"
+# --- Workers: the batching apply consumer (writes/consumer.py) --------------------------------
+# A worker consumes its shard queues itself and applies several prefetched messages in one
+# transaction: up to this many writes, or what arrived within this wait after the first message.
+WRITES_APPLY_BATCHING = env_bool("WRITES_APPLY_BATCHING", True)
+WRITES_APPLY_MAX_ROWS = env_int("WRITES_APPLY_MAX_ROWS", 20_000)
+WRITES_APPLY_MAX_WAIT_SECONDS = env_float("WRITES_APPLY_MAX_WAIT_SECONDS", 0.05)
+# Messages the broker may hand a shard consumer before it acks (AMQP prefetch count): enough for a
+# full batch of single-write messages.
+WRITES_APPLY_PREFETCH = env_int("WRITES_APPLY_PREFETCH", 512)
+# A combined batch failing for a non-connection reason this many times is split into its messages,
+# each then retried up to writes.tasks.MAX_TRANSIENT_ATTEMPTS times before it is dead-lettered.
+WRITES_APPLY_COMBINED_ATTEMPTS = env_int("WRITES_APPLY_COMBINED_ATTEMPTS", 2)
+# The pool ``make run``, docker-compose and the bench start workers with (see README, Worker layout).
+WORKER_POOL = env("WORKER_POOL", "solo")
 CELERY_TASK_DEFAULT_EXCHANGE = env("WRITES_QUEUE_PREFIX", "writes")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # The projector also runs after every applied batch; this is the safety net (e.g. for a trigger
