@@ -60,7 +60,10 @@ def _is_connection_failure(exc: BaseException) -> bool:
     return sqlstate is None or sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES
 
 
-def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
+def with_shard_retries(shard: str, work: Callable[[], T], *, max_attempts: int | None = None) -> T:
+    """Run ``work``, retrying transient database errors with backoff: connection failures until the
+    shard answers again, others up to ``max_attempts`` (default ``MAX_TRANSIENT_ATTEMPTS``) in all."""
+    cap = max_attempts or MAX_TRANSIENT_ATTEMPTS
     attempt = 0
     while True:
         try:
@@ -68,7 +71,7 @@ def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
         except (OperationalError, psycopg.OperationalError, ForwardFailed) as exc:
             attempt += 1
             connections[shard].close()
-            if not _is_connection_failure(exc) and attempt >= MAX_TRANSIENT_ATTEMPTS:
+            if not _is_connection_failure(exc) and attempt >= cap:
                 logger.error("shard %s: giving up after %d attempts: %s", shard, attempt, exc, extra={"shard": shard})
                 raise
             APPLY_RETRIES.labels(shard).inc()
@@ -86,6 +89,8 @@ def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
 
 @shared_task(name=APPLY_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
+    """One message, one transaction: what a worker runs when ``WRITES_APPLY_BATCHING`` is off (with it
+    on, ``writes.consumer`` applies these same messages several at a time)."""
     started = time.perf_counter()
     try:
         result: ApplyResult = with_shard_retries(shard, lambda: apply_batch(shard=shard, groups=groups))
@@ -93,30 +98,7 @@ def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
         # The task fails, is rejected (not acked) and the quorum queue dead-letters the message.
         DEAD_LETTERED.labels(shard).inc()
         raise
-    elapsed = time.perf_counter() - started
-    APPLY_SECONDS.labels(shard).observe(elapsed)
-    APPLY_BATCH_SIZE.labels(shard).observe(result.received)
-    ROWS_APPLIED.labels(shard).inc(result.applied)
-    ROWS_DUPLICATE.labels(shard).inc(result.duplicates)
-    ROWS_REJECTED.labels(shard).inc(result.rejected)
-    ROWS_DIVERTED.labels(shard).inc(result.diverted)
-    logger.info(
-        "shard %s: applied %d of %d writes in %.1f ms",
-        shard,
-        result.applied,
-        result.received,
-        elapsed * 1000,
-        extra={
-            "shard": shard,
-            "tenants": sorted({str(group[0]) for group in groups})[:20],
-            "batch_size": result.received,
-            "applied": result.applied,
-            "duplicates": result.duplicates,
-            "rejected": result.rejected,
-            "diverted": result.diverted,
-            "duration_ms": round(elapsed * 1000, 2),
-        },
-    )
+    record_applied(shard, result, time.perf_counter() - started, groups, messages=1)
     if result.applied:
         request_projection(shard)
     return {
@@ -126,3 +108,32 @@ def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
         "rejected": result.rejected,
         "diverted": result.diverted,
     }
+
+
+def record_applied(shard: str, result: ApplyResult, elapsed: float, groups: list[Any], *, messages: int) -> None:
+    """Count one committed batch in the worker's metrics and log it once."""
+    APPLY_SECONDS.labels(shard).observe(elapsed)
+    APPLY_BATCH_SIZE.labels(shard).observe(result.received)
+    ROWS_APPLIED.labels(shard).inc(result.applied)
+    ROWS_DUPLICATE.labels(shard).inc(result.duplicates)
+    ROWS_REJECTED.labels(shard).inc(result.rejected)
+    ROWS_DIVERTED.labels(shard).inc(result.diverted)
+    logger.info(
+        "shard %s: applied %d of %d writes from %d message(s) in %.1f ms",
+        shard,
+        result.applied,
+        result.received,
+        messages,
+        elapsed * 1000,
+        extra={
+            "shard": shard,
+            "tenants": sorted({str(group[0]) for group in groups})[:20],
+            "batch_size": result.received,
+            "messages": messages,
+            "applied": result.applied,
+            "duplicates": result.duplicates,
+            "rejected": result.rejected,
+            "diverted": result.diverted,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
