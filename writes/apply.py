@@ -61,8 +61,9 @@ ORDER BY seq
 ON CONFLICT (tenant_id, write_id) DO NOTHING
 """
 
-# Names the open apply transaction in pg_stat_activity until COMMIT (``SET LOCAL``): operators (and
-# the fault tests) see how many messages and writes each applying transaction holds.
+# Names the open apply transaction in pg_stat_activity until COMMIT (``SET LOCAL``), e.g.
+# ``apply shard_0 messages=12 writes=4800 event,transfer``: operators (and the fault tests) see how many
+# messages, writes and which kinds each applying transaction holds.
 _TAG = "SELECT set_config('application_name', %s, true)"
 
 _REJECT = """
@@ -259,7 +260,8 @@ def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = T
     created = False
     with transaction.atomic(using=shard), connection.cursor() as cursor:
         created = _prepare_staging(cursor, connection.connection)
-        cursor.execute(_TAG, [f"writes-apply {shard} messages={messages} writes={received}"])
+        kinds = ",".join(sorted({str(group[1]) for group in groups}))
+        cursor.execute(_TAG, [f"apply {shard} messages={messages} writes={received} {kinds}"[:63]])
         decisions = []
         if hooked:
             rows = batch.rows()
@@ -274,8 +276,8 @@ def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = T
         applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
         for hook, decision in decisions:
             hook.after_insert(cursor, decision)
-        for row, code, reason in rejected:
-            cursor.execute(_REJECT, _rejection_record(row, code, reason))
+        if rejected:
+            cursor.executemany(_REJECT, [_rejection_record(row, code, reason) for row, code, reason in rejected])
         if diversion is not None and diversion.rows:
             _forward(cursor, shard, [diversion.rows[seq] for seq in sorted(diversion.rows)])
             if applied or rejected:
