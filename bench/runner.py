@@ -33,7 +33,7 @@ SCENARIOS = [
     "naive", "naive_celery", "single", "single_1k", "batched", "batched_80", "copy_limit",
     "chat_single_max", "chat_single", "ledger", "ledger_single",
 ]  # fmt: skip
-SAMPLE_SECONDS = 0.25
+SAMPLE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)

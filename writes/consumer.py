@@ -67,6 +67,11 @@ def delivery_of(body: Any, message: Message) -> Delivery | str:
     return Delivery(message, str(shard), groups, writes, redelivered)
 
 
+def _tag(message: Message) -> int:
+    """The AMQP delivery tag: a number, counted per channel."""
+    return int(message.delivery_tag or 0)
+
+
 class ShardQueueConsumer(threading.Thread):
     """Consumes one shard queue and applies what it gathers in combined transactions."""
 
@@ -77,6 +82,8 @@ class ShardQueueConsumer(threading.Thread):
         self.max_wait = max_wait
         self.prefetch = prefetch
         self.pending: list[Delivery] = []
+        # Delivery tags received on the current channel and not yet acked or rejected.
+        self.outstanding: set[int] = set()
         self.stopping = threading.Event()
         self.consuming = threading.Event()
 
@@ -91,6 +98,7 @@ class ShardQueueConsumer(threading.Thread):
                 # Whatever was gathered and not acked is redelivered once this connection is gone.
                 logger.exception("%s: consumer failed; reconnecting", self.queue.name)
                 self.pending = []
+                self.outstanding = set()
                 self.stopping.wait(RECONNECT_SECONDS)
             finally:
                 self.consuming.clear()
@@ -115,6 +123,7 @@ class ShardQueueConsumer(threading.Thread):
                         self._flush()
 
     def _received(self, body: Any, message: Message) -> None:
+        self.outstanding.add(_tag(message))
         delivery = delivery_of(body, message)
         if isinstance(delivery, str):
             self._dead_letter(message, delivery)
@@ -128,6 +137,7 @@ class ShardQueueConsumer(threading.Thread):
         logger.error("%s: message dead-lettered: %s", self.queue.name, reason, extra={"shard": shard})
         DEAD_LETTERED.labels(shard or self.queue.name).inc()
         message.reject(requeue=False)
+        self.outstanding.discard(_tag(message))
 
     def _gather(self, connection: Connection) -> None:
         """Wait for a first message (up to a second, to notice a stop), then take what arrives until
@@ -190,11 +200,22 @@ class ShardQueueConsumer(threading.Thread):
             self._dead_letter(deliveries[0].message, f"{exc.__class__.__name__}: {exc}", shard)
             return
         # Only now, after COMMIT, are the messages done with.
-        for delivery in deliveries:
-            delivery.message.ack()
+        self._ack([delivery.message for delivery in deliveries])
         record_applied(shard, result, time.perf_counter() - started, groups, messages=len(deliveries))
         if result.applied:
             request_projection(shard)
+
+    def _ack(self, messages: list[Message]) -> None:
+        """Ack these messages: with one ``basic.ack(multiple)`` when they are every outstanding delivery up
+        to the last of them (the usual case), else one by one."""
+        tags = {_tag(message) for message in messages}
+        last = max(messages, key=_tag)
+        if all(tag in tags for tag in self.outstanding if tag <= _tag(last)):
+            last.ack(multiple=True)
+        else:
+            for message in messages:
+                message.ack()
+        self.outstanding -= tags
 
 
 class BatchingApplyStep(bootsteps.StartStopStep):
