@@ -211,6 +211,8 @@ def gunicorn_command(*, workers: int, threads: int) -> list[str]:
 
 
 def worker_command(queues: list[str], *, name: str, concurrency: int, prefetch: int, pool: str) -> list[str]:
+    """A worker as ``make run`` starts it (same pool); shard queues go to its batching apply consumer,
+    whose prefetch is ``WRITES_APPLY_PREFETCH`` (``prefetch`` here only concerns Celery's own queues)."""
     return [
         sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues), "--pool", pool,
         "-c", str(concurrency), "--prefetch-multiplier", str(prefetch), "-n", f"{name}@%h",

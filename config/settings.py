@@ -143,7 +143,7 @@ CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance
 # transaction: up to this many writes, or what arrived within this wait after the first message.
 WRITES_APPLY_BATCHING = env_bool("WRITES_APPLY_BATCHING", True)
 WRITES_APPLY_MAX_ROWS = env_int("WRITES_APPLY_MAX_ROWS", 20_000)
-WRITES_APPLY_MAX_WAIT_SECONDS = env_float("WRITES_APPLY_MAX_WAIT_SECONDS", 0.05)
+WRITES_APPLY_MAX_WAIT_SECONDS = env_float("WRITES_APPLY_MAX_WAIT_SECONDS", 0.1)
 # Messages the broker may hand a shard consumer before it acks (AMQP prefetch count): enough for a
 # full batch of single-write messages.
 WRITES_APPLY_PREFETCH = env_int("WRITES_APPLY_PREFETCH", 512)
