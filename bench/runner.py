@@ -12,15 +12,19 @@ import itertools
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from bench.copy_limit import run_copy_limit
 from bench.loadgen import LoadSpec
@@ -31,9 +35,10 @@ PRODUCT_SETTINGS = "config.production"
 BENCH_SETTINGS = "bench.settings"
 SCENARIOS = [
     "naive", "naive_celery", "single", "single_1k", "batched", "batched_80", "copy_limit",
-    "chat_single_max", "chat_single", "ledger", "ledger_single",
+    "worker_limit", "chat_single_max", "chat_single", "ledger", "ledger_single",
 ]  # fmt: skip
 SAMPLE_SECONDS = 0.1
+BACKLOG_MESSAGES = 40  # worker_limit: messages kept ready per shard queue
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,10 @@ DEFINITIONS: dict[str, Scenario] = {
     "ledger_single": Scenario(
         "ledger_single", "ledger: 1 transfer/request, 10 % touching no_overdraft accounts, closed loop",
         path="/api/v1/ledger/transfers", kind="transfer", log_kind="transfer",
+    ),
+    "worker_limit": Scenario(
+        "worker_limit", "the workers alone: 1,000-event apply_batch messages published straight to the shard "
+        "queues (no API), a backlog of about 40 messages kept per queue", batch_size=1000,
     ),
     "copy_limit": Scenario(
         "copy_limit", "raw psycopg 3 COPY of the same rows into a scratch table, one connection per shard",
@@ -280,7 +289,12 @@ class BenchRun:
             scenario = DEFINITIONS[name]
             self.say(f"scenario {name}: {scenario.description} ({self.duration:g} s)")
             try:
-                result = self._run_copy_limit(scenario) if name == "copy_limit" else self._run_http(scenario)
+                if name == "copy_limit":
+                    result = self._run_copy_limit(scenario)
+                elif name == "worker_limit":
+                    result = self._run_worker_limit(scenario)
+                else:
+                    result = self._run_http(scenario)
             except Exception as exc:
                 result = ScenarioResult(name=name, description=scenario.description, duration_s=self.duration)
                 result.failure = f"{exc.__class__.__name__}: {exc}"[:2000]
@@ -289,9 +303,11 @@ class BenchRun:
             self.say("  " + summary_line(result))
         return self.results
 
-    def _stack_for(self, scenario: Scenario) -> Stack:
+    def _stack_for(self, scenario: Scenario, *, api: bool = True) -> Stack:
         tuning = self.tuning
         specs = [ProcessSpec("api", gunicorn_command(workers=tuning.api_workers, threads=tuning.api_threads))]
+        if not api:
+            specs = []
         if scenario.workers == "shards":
             for alias, copy in itertools.product(self.environment.shard_aliases, range(tuning.workers_per_shard)):
                 command = worker_command(
@@ -409,6 +425,53 @@ class BenchRun:
             result.lag_visible_s = self._visible_lag(sampler, ids)
         return result
 
+    def _run_worker_limit(self, scenario: Scenario) -> ScenarioResult:
+        """What the workers apply when the API is not the bottleneck: the same messages the API would
+        publish, kept queued, so the workers never wait for writes."""
+        tenants = self.tenants[scenario.name]
+        stack = self._stack_for(scenario, api=False)
+        sampler = Sampler(self.environment, scenario.table, scenario.id_column)
+        result = ScenarioResult(name=scenario.name, description=scenario.description, duration_s=self.duration)
+        ids = [t["tenant_id"] for t in tenants]
+        try:
+            stack.start()
+            sampler.start()
+            cpu_before = role_cpu_seconds(stack)
+            published = publish_backlog(
+                self.environment, tenants, duration=self.duration, writes=scenario.batch_size, applied=sampler.latest
+            )
+            start, end = published["started_at"], published["started_at"] + published["wall_seconds"]
+            accepted = int(published["writes"])
+            drain_start = time.monotonic()
+            while sampler.latest() < accepted and time.monotonic() - drain_start < self.drain_timeout:
+                time.sleep(SAMPLE_SECONDS)
+            result.drain_s = round(time.monotonic() - drain_start, 2)
+            time.sleep(2 * SAMPLE_SECONDS)
+            cpu_after = role_cpu_seconds(stack)
+            result.peak_rss_mb = stack.peak_rss_mb()
+        finally:
+            stack.stop()
+            sampler.stop()
+            result.messages_left_in_queue = self.environment.queue_depth(self._queues())
+            self.environment.purge_queues([*self._queues(), self.environment.queue("maintenance")])
+        result.load_average = [round(v, 2) for v in os.getloadavg()]
+        result.writes_accepted = accepted
+        result.accepted_writes_per_s = round(accepted / published["wall_seconds"], 1)
+        window = sampler.count_at(end) - sampler.count_at(start)
+        result.applied_writes_per_s = round(window / published["wall_seconds"], 1)
+        result.applied_timeline = _timeline(sampler, start, int(self.duration + 0.999))
+        result.rows_applied, result.duplicates, result.rows_rejected = self._count_rows(scenario, ids)
+        result.not_applied_after_drain = max(0, accepted - result.rows_applied - result.rows_rejected)
+        settled = result.rows_applied + result.rows_rejected
+        result.cpu_ms_per_write = {
+            role: round(1000 * (cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0)) / settled, 4)
+            for role in cpu_after
+            if settled
+        }
+        result.loadgen = {"cpu_seconds": published["cpu_seconds"], "messages": published["messages"]}
+        result.lag_visible_s = self._visible_lag(sampler, ids)
+        return result
+
     def _run_copy_limit(self, scenario: Scenario) -> ScenarioResult:
         result = ScenarioResult(name=scenario.name, description=scenario.description, duration_s=self.duration)
         for alias in self.environment.shard_aliases:
@@ -524,6 +587,76 @@ class BenchRun:
         if not samples:
             return "not available: the projector did not pass any of this scenario's rows while sampled"
         return _percentiles(samples)
+
+
+def publish_backlog(
+    environment: BenchEnvironment,
+    tenants: list[dict[str, str]],
+    *,
+    duration: float,
+    writes: int,
+    applied: Callable[[], int],
+) -> dict[str, Any]:
+    """Publish ``apply_batch`` messages of ``writes`` events (as the API builds them) to each tenant's shard
+    queue for ``duration`` seconds, keeping about ``BACKLOG_MESSAGES`` per queue published and not applied
+    yet (``applied``: rows committed so far)."""
+    from kombu import Connection, Producer
+
+    from writes.publisher import apply_task_message
+    from writes.queues import MSGPACK_CONTENT_TYPE, register_serializer
+
+    register_serializer()
+    nonce = uuid.uuid4().hex
+    now = datetime.now(UTC).isoformat()
+    templates = []
+    for tenant in tenants:
+        rows = [
+            [
+                f"RRRRRRRR-{nonce[:4]}-4{nonce[4:7]}-8{n:03x}-{nonce[7:19]}",
+                f"page_view_{n % 7}",
+                json.dumps({"distinct_id": f"user-{n}", "properties": {"path": f"/p/{n % 1000}", "n": n, "ok": True}}),
+                now,
+            ]
+            for n in range(writes)
+        ]
+        _, headers, body = apply_task_message(tenant["shard"], [[tenant["tenant_id"], "event", now, rows]])
+        encoded = msgspec.msgpack.encode(body)
+        templates.append((environment.queue(tenant["shard"]), headers, encoded))
+    cpu_before = _own_cpu_seconds()
+    started_at = time.time()
+    stop_at = time.monotonic() + duration
+    messages = 0
+    with Connection(environment.broker_url, transport_options={"confirm_publish": True}) as connection:
+        producer = Producer(connection.channel())
+        while time.monotonic() < stop_at:
+            if messages * writes - applied() >= BACKLOG_MESSAGES * len(templates) * writes:
+                time.sleep(0.02)
+                continue
+            for queue, headers, encoded in templates:
+                for _ in range(BACKLOG_MESSAGES // 4):
+                    messages += 1
+                    producer.publish(
+                        encoded.replace(b"RRRRRRRR", b"%08x" % messages),
+                        exchange=environment.queue_prefix,
+                        routing_key=queue,
+                        content_type=MSGPACK_CONTENT_TYPE,
+                        content_encoding="binary",
+                        headers={**headers, "id": str(uuid.uuid4())},
+                        delivery_mode=2,
+                        retry=False,
+                    )
+    return {
+        "writes": messages * writes,
+        "messages": messages,
+        "started_at": started_at,
+        "wall_seconds": time.time() - started_at,
+        "cpu_seconds": round(_own_cpu_seconds() - cpu_before, 3),
+    }
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def role_cpu_seconds(stack: Stack) -> dict[str, float]:

@@ -144,9 +144,10 @@ CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance
 WRITES_APPLY_BATCHING = env_bool("WRITES_APPLY_BATCHING", True)
 WRITES_APPLY_MAX_ROWS = env_int("WRITES_APPLY_MAX_ROWS", 20_000)
 WRITES_APPLY_MAX_WAIT_SECONDS = env_float("WRITES_APPLY_MAX_WAIT_SECONDS", 0.1)
-# Messages the broker may hand a shard consumer before it acks (AMQP prefetch count): enough for a
-# full batch of single-write messages.
-WRITES_APPLY_PREFETCH = env_int("WRITES_APPLY_PREFETCH", 512)
+# Messages the broker may hand a shard consumer before it acks (AMQP prefetch count; RabbitMQ has no
+# limit in bytes). 128 lets a batch gather 128 small messages, and bounds what a worker holds when
+# messages are large (128 of the API's largest, 10,000 writes, are about 130 MB).
+WRITES_APPLY_PREFETCH = env_int("WRITES_APPLY_PREFETCH", 128)
 # A combined batch failing for a non-connection reason this many times is split into its messages,
 # each then retried up to writes.tasks.MAX_TRANSIENT_ATTEMPTS times before it is dead-lettered.
 WRITES_APPLY_COMBINED_ATTEMPTS = env_int("WRITES_APPLY_COMBINED_ATTEMPTS", 2)
