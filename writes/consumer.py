@@ -229,6 +229,7 @@ class BatchingApplyStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.consumers: list[ShardQueueConsumer] = []
         self.queue_names: list[str] = []
+        self.aliases: list[str] = []
         if not settings.WRITES_APPLY_BATCHING:
             return
         selected = parent.app.amqp.queues.consume_from
