@@ -94,11 +94,8 @@ ORDER BY a.tenant_id, a.account_id
 FOR UPDATE OF a
 """
 
-_SEEN = """
+_REJECTED_BEFORE = """
 WITH t AS (SELECT (e->>0)::uuid AS tenant_id, (e->>1)::uuid AS write_id FROM json_array_elements(%s::json) e)
-SELECT l.tenant_id::text, l.write_id::text FROM write_log l
-JOIN t ON l.tenant_id = t.tenant_id AND l.write_id = t.write_id
-UNION ALL
 SELECT r.tenant_id::text, r.write_id::text FROM rejected_writes r
 JOIN t ON r.tenant_id = t.tenant_id AND r.write_id = t.write_id
 """
@@ -219,9 +216,23 @@ class TransferApplyHook:
             cursor.execute(_LOCK_NO_OVERDRAFT, [_as_json(guarded)])
             balances = {(tenant, account): int(balance or 0) for tenant, account, balance in cursor.fetchall()}
 
-        # Only now, holding the locks, is "already applied or rejected" final for these transfers.
-        cursor.execute(_SEEN, [_as_json(seen_here)])
+        # Only now, holding the locks, is "already applied or rejected" final for these transfers. A
+        # redelivered transfer keeps its first outcome: one rejected stays rejected (it may have been
+        # refused for funds it would find now), and one that moved a guarded balance must not move it
+        # again. Whether a transfer touching no guarded account is in the log already does not matter
+        # here (the insert ignores it by id and it moves no balance), so only those touching a guarded
+        # account are looked up in the log.
+        cursor.execute(_REJECTED_BEFORE, [_as_json(seen_here)])
         already = {(tenant, write_id) for tenant, write_id in cursor.fetchall()}
+        guarded_set = set(guarded)
+        touching = [
+            (t.tenant_id, t.write_id)
+            for t in transfers
+            if (t.tenant_id, t.debit) in guarded_set or (t.tenant_id, t.credit) in guarded_set
+        ]
+        if touching:
+            cursor.execute(_IN_LOG, [_as_json(touching)])
+            already.update((tenant, write_id) for tenant, write_id in cursor.fetchall())
 
         for transfer in transfers:
             key = (transfer.tenant_id, transfer.write_id)
