@@ -26,7 +26,7 @@ from typing import Any
 from celery import bootsteps
 from django.conf import settings
 from django.db import connections
-from kombu import Connection, Consumer, Message, Queue
+from kombu import Connection, Consumer, Message
 
 from readmodels.tasks import request_projection
 from writes.apply import ApplyResult, apply_batch
@@ -75,8 +75,10 @@ def _tag(message: Message) -> int:
 class ShardQueueConsumer(threading.Thread):
     """Consumes one shard queue and applies what it gathers in combined transactions."""
 
-    def __init__(self, queue: Queue, *, max_rows: int, max_wait: float, prefetch: int) -> None:
+    def __init__(self, alias: str, *, max_rows: int, max_wait: float, prefetch: int) -> None:
+        queue = shard_queue(alias)
         super().__init__(name=f"apply-{queue.name}", daemon=True)
+        self.alias = alias
         self.queue = queue
         self.max_rows = max_rows
         self.max_wait = max_wait
@@ -134,8 +136,8 @@ class ShardQueueConsumer(threading.Thread):
         self._dead_letter(message, f"cannot decode: {exc}")
 
     def _dead_letter(self, message: Message, reason: str, shard: str = "") -> None:
-        logger.error("%s: message dead-lettered: %s", self.queue.name, reason, extra={"shard": shard})
-        DEAD_LETTERED.labels(shard or self.queue.name).inc()
+        logger.error("%s: message dead-lettered: %s", self.queue.name, reason, extra={"shard": shard or self.alias})
+        DEAD_LETTERED.labels(shard or self.alias).inc()
         message.reject(requeue=False)
         self.outstanding.discard(_tag(message))
 
@@ -245,7 +247,7 @@ class BatchingApplyStep(bootsteps.StartStopStep):
             return
         self.consumers = [
             ShardQueueConsumer(
-                shard_queue(alias),
+                alias,
                 max_rows=settings.WRITES_APPLY_MAX_ROWS,
                 max_wait=settings.WRITES_APPLY_MAX_WAIT_SECONDS,
                 prefetch=settings.WRITES_APPLY_PREFETCH,
