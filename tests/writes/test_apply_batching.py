@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.test import override_settings
 from kombu import Connection, Producer
 
 from tests.conftest import ALL_DATABASES
-from tests.stack import Worker, purge_queues
+from tests.stack import Worker
 from tests.writes.test_e2e_events import wait_until
 from writes.apply import apply_batch, group_copy_text
 from writes.models import RejectedWrite, WriteLog
@@ -49,8 +50,9 @@ def event(name: str, write_id: str | None = None, occurred: str = NOW) -> list[s
 
 @pytest.mark.e2e
 @pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+@override_settings(WRITES_QUEUE_PREFIX=f"batching.{uuid.uuid4().hex[:8]}")
 def test_worker_applies_queued_messages_together_isolating_poison_and_ignoring_repeats():
-    purge_queues()
+    # Queues of this test's own: the suite's shared worker must not take these messages.
     tenant = str(uuid.uuid4())
     repeated = event("repeated")
     rows = [[event(f"m{m}-{n}") for n in range(3)] for m in range(12)]
@@ -68,6 +70,8 @@ def test_worker_applies_queued_messages_together_isolating_poison_and_ignoring_r
         assert "applied 37 of 39 writes from 12 message(s) in " in worker.log_text()
     finally:
         worker.stop()
+        with Connection(settings.CELERY_BROKER_URL) as connection:
+            shard_queue(SHARD).bind(connection.channel()).delete()
     assert log.filter(key="repeated").count() == 1
     rejected = RejectedWrite.objects.using(SHARD).get(tenant_id=tenant)
     assert (rejected.key, rejected.code) == ("bad-time", "invalid_write")
