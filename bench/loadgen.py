@@ -16,6 +16,7 @@ import random
 import resource
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +34,14 @@ class LoadSpec:
     rate: float = 0.0  # requests/s offered; 0 means closed loop
     timeout: float = 10.0
     body_variants: int = 64
+    kind: str = "event"  # "event", "message" (chat) or "transfer" (ledger)
+    # Chat: each key posts to conversations room-0 … room-{conversations-1}, from senders user-0 … user-{members-1}.
+    conversations: int = 1
+    members: int = 50
+    # Ledger: accounts equity, acct-0 … acct-{accounts-1}, guard-0 … guard-{guarded-1} (no_overdraft).
+    accounts: int = 100
+    guarded: int = 20
+    guarded_share: float = 0.1
 
 
 @dataclass
@@ -64,17 +73,70 @@ def event_body(batch_size: int, rng: random.Random) -> bytes:
     return json.dumps({"batch": [event(n) for n in range(batch_size)]}).encode()
 
 
+def message_body(spec: LoadSpec, rng: random.Random) -> bytes:
+    """One chat message (the server assigns its id, so repeating the body repeats no id)."""
+    sender = f"user-{rng.randrange(spec.members)}"
+    return json.dumps({"sender_id": sender, "body": f"hello from {sender}: {rng.randrange(10**6)}"}).encode()
+
+
+# Transfer ids carry the request's number in their first 8 hex digits: the bodies are built before the
+# clock starts with this placeholder, and each request writes its own number over it, so every
+# transfer id of the run is unique (ids are idempotency keys: a repeated one would not be applied).
+REQUEST_PLACEHOLDER = b"RRRRRRRR"
+
+
+def transfer_body(spec: LoadSpec, rng: random.Random, nonce: str) -> bytes:
+    """A transfer, or ``{"batch": [...]}`` of them; ``guarded_share`` of them touch a no_overdraft
+    account (half fund one from equity, half spend from one, which may be refused for lack of funds)."""
+
+    def transfer(n: int) -> dict[str, Any]:
+        if rng.random() < spec.guarded_share:
+            guard = f"guard-{rng.randrange(spec.guarded)}"
+            other = f"acct-{rng.randrange(spec.accounts)}"
+            debit, credit = ("equity", guard) if n % 2 == 0 else (guard, other)
+        else:
+            debit, credit = rng.sample([f"acct-{a}" for a in range(spec.accounts)] + ["equity"], 2)
+        transfer_id = f"{REQUEST_PLACEHOLDER.decode()}-{nonce[:4]}-4{nonce[4:7]}-8{n:03x}-{nonce[7:19]}"
+        return {
+            "id": transfer_id,
+            "debit_account": debit,
+            "credit_account": credit,
+            "amount": rng.randrange(1, 100),
+            "currency": "EUR",
+        }
+
+    if spec.batch_size <= 0:
+        return json.dumps(transfer(0)).encode()
+    return json.dumps({"batch": [transfer(n) for n in range(spec.batch_size)]}).encode()
+
+
+def _bodies(spec: LoadSpec, rng: random.Random) -> list[bytes]:
+    if spec.kind == "message":
+        return [message_body(spec, rng) for _ in range(spec.body_variants)]
+    if spec.kind == "transfer":
+        nonce = uuid.uuid4().hex
+        return [transfer_body(spec, rng, nonce) for _ in range(spec.body_variants)]
+    return [event_body(spec.batch_size, rng) for _ in range(spec.body_variants)]
+
+
 def build_requests(spec: LoadSpec) -> list[list[bytes]]:
-    """Ready-to-send requests per API key: the bodies are built before the clock starts."""
+    """Ready-to-send requests per API key (chat: per key and conversation), built before the clock starts."""
     rng = random.Random(7)
-    bodies = [event_body(spec.batch_size, rng) for _ in range(spec.body_variants)]
     per_key = []
     for key in spec.api_keys:
-        head = (
-            f"POST {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\nAuthorization: Bearer {key}\r\n"
-            "Content-Type: application/json\r\nConnection: keep-alive\r\n"
+        paths = (
+            [spec.path.format(conversation=f"room-{c}") for c in range(spec.conversations)]
+            if spec.kind == "message"
+            else [spec.path]
         )
-        per_key.append([f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body for body in bodies])
+        requests = []
+        for n, body in enumerate(_bodies(spec, rng)):
+            head = (
+                f"POST {paths[n % len(paths)]} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+            )
+            requests.append(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        per_key.append(requests)
     return per_key
 
 
@@ -82,6 +144,7 @@ class _Run:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.requests = build_requests(spec)
+        self.numbered = spec.kind == "transfer"
         self.writes_per_request = max(1, spec.batch_size)
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
@@ -150,9 +213,10 @@ class _Run:
                 assert reader is not None
                 assert writer is not None
                 self.sent += 1
-                status = await asyncio.wait_for(
-                    self._exchange(reader, writer, requests[n % len(requests)]), self.spec.timeout
-                )
+                request = requests[n % len(requests)]
+                if self.numbered:
+                    request = request.replace(REQUEST_PLACEHOLDER, b"%08x" % self.sent)
+                status = await asyncio.wait_for(self._exchange(reader, writer, request), self.spec.timeout)
                 self._record(status, scheduled)
             except _ServerClosed as closed:
                 self._record(closed.status, scheduled)

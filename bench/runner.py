@@ -1,7 +1,7 @@
 """Runs the benchmark scenarios one after another and writes the results (JSON, plot, Markdown table).
 
-Each scenario gets a fresh stack (gunicorn + Celery workers, production settings) on the bench's own
-databases and queues, load from ``bench.loadgen`` in its own process, and a sampler that counts the
+Each scenario gets a fresh stack (the API as ``serve_api`` runs it, Celery workers, production settings) on
+the bench's own databases and queues, load from ``bench.loadgen`` in its own process, and a sampler that counts the
 rows committed on the shards. After the load it waits for the queues to drain, then checks the counts.
 """
 
@@ -12,24 +12,43 @@ import itertools
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bench.copy_limit import run_copy_limit
 from bench.loadgen import LoadSpec
-from bench.stack import BenchEnvironment, ProcessSpec, Stack, api_process, gunicorn_command, worker_command
+from bench.stack import (
+    BenchEnvironment,
+    ProcessSpec,
+    Stack,
+    _group_members,
+    api_process,
+    gunicorn_command,
+    worker_command,
+)
+from bench.tenants import CHAT_CONVERSATIONS, CHAT_MEMBERS, LEDGER_ACCOUNTS, LEDGER_GUARDED
 
 PRODUCT_SETTINGS = "config.production"
 BENCH_SETTINGS = "bench.settings"
-SCENARIOS = ["naive", "naive_celery", "single", "single_1k", "batched", "batched_80", "copy_limit"]
-SAMPLE_SECONDS = 0.25
+SCENARIOS = [
+    "naive", "naive_celery", "single", "single_1k", "batched", "batched_80", "copy_limit",
+    "worker_limit", "chat_single_max", "chat_single", "ledger", "ledger_single",
+]  # fmt: skip
+SAMPLE_SECONDS = 0.1
+# After the load (or the drain): long enough for the sampler's last count to see the last commits.
+SETTLE_SECONDS = 0.5
+BACKLOG_MESSAGES = 40  # worker_limit: messages kept ready per shard queue
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,11 @@ class Scenario:
     connections: int = 32
     rate: float = 0.0  # 0: closed loop
     workers: str = "shards"  # "shards", "naive" or "none"
+    kind: str = "event"  # what the load posts: "event", "message" (chat) or "transfer" (ledger)
+    log_kind: str = ""  # the write_log kind its requests become, when only those rows are counted
+    # Open loop at this share of another scenario's applied rate (that scenario runs earlier in the run).
+    rate_of: str = ""
+    rate_share: float = 0.8
 
 
 DEFINITIONS: dict[str, Scenario] = {
@@ -68,7 +92,28 @@ DEFINITIONS: dict[str, Scenario] = {
     ),
     "batched_80": Scenario(
         "batched_80", "real intake and workers, 1,000 events/request, open loop at 80 % of batched's applied rate",
-        path="/api/v1/events", batch_size=1000, connections=16,
+        path="/api/v1/events", batch_size=1000, connections=16, rate_of="batched",
+    ),
+    "chat_single_max": Scenario(
+        "chat_single_max", "chat: 1 message/request to conversations of 50 members, closed loop (capacity)",
+        path="/api/v1/conversations/{conversation}/messages", kind="message", log_kind="message",
+    ),
+    "chat_single": Scenario(
+        "chat_single", "chat: 1 message/request to conversations of 50 members, open loop at 80 % of chat_single_max",
+        path="/api/v1/conversations/{conversation}/messages", kind="message", log_kind="message", connections=64,
+        rate_of="chat_single_max",
+    ),
+    "ledger": Scenario(
+        "ledger", "ledger: 1,000 transfers/request, 10 % touching no_overdraft accounts, closed loop",
+        path="/api/v1/ledger/transfers", kind="transfer", log_kind="transfer", batch_size=1000, connections=8,
+    ),
+    "ledger_single": Scenario(
+        "ledger_single", "ledger: 1 transfer/request, 10 % touching no_overdraft accounts, closed loop",
+        path="/api/v1/ledger/transfers", kind="transfer", log_kind="transfer",
+    ),
+    "worker_limit": Scenario(
+        "worker_limit", "the workers alone: 1,000-event apply_batch messages published straight to the shard "
+        "queues (no API), a backlog of about 40 messages kept per queue", batch_size=1000,
     ),
     "copy_limit": Scenario(
         "copy_limit", "raw psycopg 3 COPY of the same rows into a scratch table, one connection per shard",
@@ -85,8 +130,9 @@ class Tuning:
     api_threads: int = 16
     worker_concurrency: int = 1
     worker_prefetch: int = 16
-    # One process per shard queue running batches in the consumer itself: the prefork pool would
-    # pickle every decoded 1,000-row message across a pipe to its child (12 % of a worker's time).
+    # The pool ``make run`` and docker-compose start workers with (settings.WORKER_POOL's default):
+    # shard queues are applied by the batching consumer's thread in the worker process itself, so the
+    # pool only runs maintenance tasks; prefork would add a child process per worker for nothing.
     worker_pool: str = "solo"
     workers_per_shard: int = 1
     naive_worker_concurrency: int = 2
@@ -103,6 +149,11 @@ class ScenarioResult:
     http_latency_ms: dict[str, float] = field(default_factory=dict)
     lag_applied_s: dict[str, float] | None = None
     lag_visible_s: dict[str, float] | str | None = None
+    # CPU seconds of each role's processes (worker: the shard appliers) during the run, per applied
+    # write, in milliseconds.
+    cpu_ms_per_write: dict[str, float] = field(default_factory=dict)
+    rows_rejected: int = 0  # recorded in rejected_writes (ledger: insufficient funds); not lost
+    ledger_violations: int | None = None  # broken ledger invariants among this scenario's tenants
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     requests: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -248,7 +299,12 @@ class BenchRun:
             scenario = DEFINITIONS[name]
             self.say(f"scenario {name}: {scenario.description} ({self.duration:g} s)")
             try:
-                result = self._run_copy_limit(scenario) if name == "copy_limit" else self._run_http(scenario)
+                if name == "copy_limit":
+                    result = self._run_copy_limit(scenario)
+                elif name == "worker_limit":
+                    result = self._run_worker_limit(scenario)
+                else:
+                    result = self._run_http(scenario)
             except Exception as exc:
                 result = ScenarioResult(name=name, description=scenario.description, duration_s=self.duration)
                 result.failure = f"{exc.__class__.__name__}: {exc}"[:2000]
@@ -257,9 +313,11 @@ class BenchRun:
             self.say("  " + summary_line(result))
         return self.results
 
-    def _stack_for(self, scenario: Scenario) -> Stack:
+    def _stack_for(self, scenario: Scenario, *, api: bool = True) -> Stack:
         tuning = self.tuning
-        if scenario.settings_module == BENCH_SETTINGS:  # the naive baselines: plain Django under gunicorn
+        if not api:
+            specs = []
+        elif scenario.settings_module == BENCH_SETTINGS:  # the naive baselines: plain Django under gunicorn
             specs = [ProcessSpec("api", gunicorn_command(workers=tuning.api_workers, threads=tuning.api_threads))]
         else:
             specs = [api_process(port=self.environment.port, processes=tuning.api_workers)]
@@ -290,12 +348,13 @@ class BenchRun:
         return Stack(self.environment, scenario.settings_module, specs)
 
     def _offered_rate(self, scenario: Scenario) -> float:
-        if scenario.name != "batched_80":
+        if not scenario.rate_of:
             return scenario.rate
-        measured = next((r for r in self.results if r.name == "batched" and not r.failure), None)
+        measured = next((r for r in self.results if r.name == scenario.rate_of and not r.failure), None)
         if measured is None or measured.applied_writes_per_s <= 0:
-            raise RuntimeError("batched_80 needs a successful batched scenario earlier in the same run")
-        return 0.8 * measured.applied_writes_per_s / scenario.batch_size
+            needed = f"a successful {scenario.rate_of} scenario earlier in the same run"
+            raise RuntimeError(f"{scenario.name} needs {needed}")
+        return scenario.rate_share * measured.applied_writes_per_s / max(1, scenario.batch_size)
 
     def _run_http(self, scenario: Scenario) -> ScenarioResult:
         tenants = self.tenants[scenario.name]
@@ -309,7 +368,13 @@ class BenchRun:
             batch_size=scenario.batch_size,
             connections=scenario.connections,
             rate=rate,
+            kind=scenario.kind,
+            conversations=CHAT_CONVERSATIONS,
+            members=CHAT_MEMBERS,
+            accounts=LEDGER_ACCOUNTS,
+            guarded=LEDGER_GUARDED,
         )
+        ids = [t["tenant_id"] for t in tenants]
         stack = self._stack_for(scenario)
         sampler = Sampler(self.environment, scenario.table, scenario.id_column)
         result = ScenarioResult(name=scenario.name, description=scenario.description, duration_s=self.duration)
@@ -317,18 +382,27 @@ class BenchRun:
         try:
             stack.start()
             sampler.start()
+            cpu_before = role_cpu_seconds(stack)
             load = _run_loadgen(spec)
             load_start = load["started_at"]
             load_end = load_start + load["wall_seconds"]
             accepted = int(load["writes_accepted"])
             drain_start = time.monotonic()
-            while sampler.latest() < accepted and time.monotonic() - drain_start < self.drain_timeout:
+            while time.monotonic() - drain_start < self.drain_timeout:
                 if scenario.workers == "none":
                     break  # synchronous: nothing left in flight once the load stops
+                if scenario.log_kind:  # some writes may be rejected (not in the log): count both
+                    if sum(self._count_rows(scenario, ids)[::2]) >= accepted:
+                        break
+                elif sampler.latest() >= accepted:
+                    break
                 time.sleep(SAMPLE_SECONDS)
             result.drain_s = round(time.monotonic() - drain_start, 2)
-            time.sleep(2 * SAMPLE_SECONDS)
+            time.sleep(SETTLE_SECONDS)
+            cpu_after = role_cpu_seconds(stack)
             result.peak_rss_mb = stack.peak_rss_mb()
+            if scenario.kind == "transfer":
+                result.ledger_violations = self._ledger_violations(ids)
         finally:
             stack.stop()
             sampler.stop()
@@ -350,13 +424,65 @@ class BenchRun:
         window = sampler.count_at(load_end) - sampler.count_at(load_start)
         result.applied_writes_per_s = round(window / load["wall_seconds"], 1)
         result.applied_timeline = _timeline(sampler, load_start, int(self.duration + 0.999))
-        ids = [t["tenant_id"] for t in tenants]
-        result.rows_applied, result.duplicates = self._count_rows(scenario, ids)
-        result.not_applied_after_drain = max(0, accepted - result.rows_applied)
+        result.rows_applied, result.duplicates, result.rows_rejected = self._count_rows(scenario, ids)
+        result.not_applied_after_drain = max(0, accepted - result.rows_applied - result.rows_rejected)
+        settled = result.rows_applied + result.rows_rejected
+        result.cpu_ms_per_write = {
+            role: round(1000 * (cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0)) / settled, 4)
+            for role in cpu_after
+            if settled
+        }
         if scenario.workers != "none":
             result.lag_applied_s = self._lag(scenario, ids)
         if scenario.table == "write_log":
             result.lag_visible_s = self._visible_lag(sampler, ids)
+        return result
+
+    def _run_worker_limit(self, scenario: Scenario) -> ScenarioResult:
+        """What the workers apply when the API is not the bottleneck: the same messages the API would
+        publish, kept queued, so the workers never wait for writes."""
+        tenants = self.tenants[scenario.name]
+        stack = self._stack_for(scenario, api=False)
+        sampler = Sampler(self.environment, scenario.table, scenario.id_column)
+        result = ScenarioResult(name=scenario.name, description=scenario.description, duration_s=self.duration)
+        ids = [t["tenant_id"] for t in tenants]
+        try:
+            stack.start()
+            sampler.start()
+            cpu_before = role_cpu_seconds(stack)
+            published = publish_backlog(
+                self.environment, tenants, duration=self.duration, writes=scenario.batch_size, applied=sampler.latest
+            )
+            start, end = published["started_at"], published["started_at"] + published["wall_seconds"]
+            accepted = int(published["writes"])
+            drain_start = time.monotonic()
+            while sampler.latest() < accepted and time.monotonic() - drain_start < self.drain_timeout:
+                time.sleep(SAMPLE_SECONDS)
+            result.drain_s = round(time.monotonic() - drain_start, 2)
+            time.sleep(SETTLE_SECONDS)
+            cpu_after = role_cpu_seconds(stack)
+            result.peak_rss_mb = stack.peak_rss_mb()
+        finally:
+            stack.stop()
+            sampler.stop()
+            result.messages_left_in_queue = self.environment.queue_depth(self._queues())
+            self.environment.purge_queues([*self._queues(), self.environment.queue("maintenance")])
+        result.load_average = [round(v, 2) for v in os.getloadavg()]
+        result.writes_accepted = accepted
+        result.accepted_writes_per_s = round(accepted / published["wall_seconds"], 1)
+        window = sampler.count_at(end) - sampler.count_at(start)
+        result.applied_writes_per_s = round(window / published["wall_seconds"], 1)
+        result.applied_timeline = _timeline(sampler, start, int(self.duration + 0.999))
+        result.rows_applied, result.duplicates, result.rows_rejected = self._count_rows(scenario, ids)
+        result.not_applied_after_drain = max(0, accepted - result.rows_applied - result.rows_rejected)
+        settled = result.rows_applied + result.rows_rejected
+        result.cpu_ms_per_write = {
+            role: round(1000 * (cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0)) / settled, 4)
+            for role in cpu_after
+            if settled
+        }
+        # No lag: the messages are published ahead of the workers on purpose (a kept backlog).
+        result.loadgen = {"cpu_seconds": published["cpu_seconds"], "messages": published["messages"]}
         return result
 
     def _run_copy_limit(self, scenario: Scenario) -> ScenarioResult:
@@ -371,7 +497,7 @@ class BenchRun:
         sampler.start()
         try:
             copied = run_copy_limit(self.environment, duration=self.duration)
-            time.sleep(2 * SAMPLE_SECONDS)
+            time.sleep(SETTLE_SECONDS)
         finally:
             sampler.stop()
         start, end = copied["started_at"], copied["started_at"] + copied["wall_seconds"]
@@ -391,17 +517,23 @@ class BenchRun:
 
     # --- checks in the database ---------------------------------------------------------------
 
-    def _count_rows(self, scenario: Scenario, tenant_ids: list[str]) -> tuple[int, int]:
-        """Rows of these tenants on the shards, and how many (tenant, id) pairs appear more than once."""
-        total = duplicates = 0
+    def _count_rows(self, scenario: Scenario, tenant_ids: list[str]) -> tuple[int, int, int]:
+        """Rows of these tenants on the shards (of the scenario's kind, if it names one), how many
+        (tenant, id) pairs appear more than once, and how many writes were recorded as rejected."""
+        total = duplicates = rejected = 0
+        kinds = [scenario.log_kind] if scenario.log_kind else None
         for alias in self.environment.shard_aliases:
             with self.environment.connect(alias) as connection:
                 if scenario.table == "write_log":
                     row = connection.execute(
                         "SELECT count(*), count(*) - count(DISTINCT (tenant_id, write_id)) FROM write_log "
-                        "WHERE tenant_id = ANY(%s::uuid[])",
-                        [tenant_ids],
+                        "WHERE tenant_id = ANY(%s::uuid[]) AND (%s::text[] IS NULL OR kind = ANY(%s::text[]))",
+                        [tenant_ids, kinds, kinds],
                     ).fetchone()
+                    refused = connection.execute(
+                        "SELECT count(*) FROM rejected_writes WHERE tenant_id = ANY(%s::uuid[])", [tenant_ids]
+                    ).fetchone()
+                    rejected += int(refused[0]) if refused else 0
                 else:  # the baselines have no ids of their own to repeat
                     row = connection.execute(
                         "SELECT count(*), 0 FROM bench_naive_event WHERE tenant_id = ANY(%s::uuid[])", [tenant_ids]
@@ -409,17 +541,41 @@ class BenchRun:
                 assert row is not None
                 total += int(row[0])
                 duplicates += int(row[1])
-        return total, duplicates
+        return total, duplicates, rejected
+
+    def _ledger_violations(self, tenant_ids: list[str], *, timeout: float = 60.0) -> int:
+        """Once the projector has read every shard's log: the ledger invariants (every currency sums to
+        zero, every guarded balance is the sum of its transfers and not below zero) broken for these
+        tenants."""
+        from readmodels.projections.ledger import invariant_violations
+
+        wanted = set(tenant_ids)
+        broken = 0
+        for alias in self.environment.shard_aliases:
+            with self.environment.connect(alias) as connection:
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    row = connection.execute(
+                        "SELECT (SELECT coalesce(max(position), 0) FROM write_log) "
+                        "<= (SELECT coalesce(min(position), 0) FROM projection_checkpoints)"
+                    ).fetchone()
+                    if row and row[0]:
+                        break
+                    time.sleep(SAMPLE_SECONDS)
+                with connection.cursor() as cursor:
+                    broken += sum(1 for v in invariant_violations(cursor) if str(v.tenant_id) in wanted)
+        return broken
 
     def _lag(self, scenario: Scenario, tenant_ids: list[str]) -> dict[str, float]:
         """Accepted → applied: ``applied_at - received_at`` of every row, percentiles over all shards."""
         samples: list[float] = []
         for alias in self.environment.shard_aliases:
             with self.environment.connect(alias) as connection:
+                kinds = [scenario.log_kind] if scenario.log_kind else None
                 rows = connection.execute(
                     f"SELECT extract(epoch FROM applied_at - received_at)::float8 FROM {scenario.table} "  # noqa: S608
-                    "WHERE tenant_id = ANY(%s::uuid[])",
-                    [tenant_ids],
+                    "WHERE tenant_id = ANY(%s::uuid[]) AND (%s::text[] IS NULL OR kind = ANY(%s::text[]))",
+                    [tenant_ids, kinds, kinds],
                 ).fetchall()
                 samples.extend(float(r[0]) for r in rows)
         return _percentiles(samples)
@@ -444,6 +600,92 @@ class BenchRun:
         if not samples:
             return "not available: the projector did not pass any of this scenario's rows while sampled"
         return _percentiles(samples)
+
+
+def publish_backlog(
+    environment: BenchEnvironment,
+    tenants: list[dict[str, str]],
+    *,
+    duration: float,
+    writes: int,
+    applied: Callable[[], int],
+) -> dict[str, Any]:
+    """Publish ``apply_batch`` messages of ``writes`` events (as the API builds them) to each tenant's shard
+    queue for ``duration`` seconds, keeping about ``BACKLOG_MESSAGES`` per queue published and not applied
+    yet (``applied``: rows committed so far)."""
+    from kombu import Connection, Producer
+
+    from writes.publisher import apply_task_message
+    from writes.queues import MSGPACK_CONTENT_TYPE, register_serializer
+
+    register_serializer()
+    nonce = uuid.uuid4().hex
+    now = datetime.now(UTC).isoformat()
+    templates = []
+    for tenant in tenants:
+        rows = [
+            [
+                f"RRRRRRRR-{nonce[:4]}-4{nonce[4:7]}-8{n:03x}-{nonce[7:19]}",
+                f"page_view_{n % 7}",
+                json.dumps({"distinct_id": f"user-{n}", "properties": {"path": f"/p/{n % 1000}", "n": n, "ok": True}}),
+                now,
+            ]
+            for n in range(writes)
+        ]
+        _, headers, body = apply_task_message(tenant["shard"], [[tenant["tenant_id"], "event", now, rows]])
+        encoded = msgspec.msgpack.encode(body)
+        templates.append((environment.queue(tenant["shard"]), headers, encoded))
+    cpu_before = _own_cpu_seconds()
+    started_at = time.time()
+    stop_at = time.monotonic() + duration
+    messages = 0
+    with Connection(environment.broker_url, transport_options={"confirm_publish": True}) as connection:
+        producer = Producer(connection.channel())
+        while time.monotonic() < stop_at:
+            if messages * writes - applied() >= BACKLOG_MESSAGES * len(templates) * writes:
+                time.sleep(0.02)
+                continue
+            for queue, headers, encoded in templates:
+                for _ in range(BACKLOG_MESSAGES // 4):
+                    messages += 1
+                    producer.publish(
+                        encoded.replace(b"RRRRRRRR", b"%08x" % messages),
+                        exchange=environment.queue_prefix,
+                        routing_key=queue,
+                        content_type=MSGPACK_CONTENT_TYPE,
+                        content_encoding="binary",
+                        headers={**headers, "id": str(uuid.uuid4())},
+                        delivery_mode=2,
+                        retry=False,
+                    )
+    return {
+        "writes": messages * writes,
+        "messages": messages,
+        "started_at": started_at,
+        "wall_seconds": time.time() - started_at,
+        "cpu_seconds": round(_own_cpu_seconds() - cpu_before, 3),
+    }
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def role_cpu_seconds(stack: Stack) -> dict[str, float]:
+    """User + system CPU seconds used so far by the processes of each role (and their pool children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for spec, process, _ in stack.processes:
+        for pid in _group_members(process.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # After the command: state, ppid, pgrp, session, tty, tpgid, flags, minflt, cminflt, majflt,
+            # cmajflt, utime, stime.
+            totals[spec.role] = totals.get(spec.role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
 
 
 def _run_loadgen(spec: LoadSpec) -> dict[str, Any]:

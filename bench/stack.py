@@ -1,4 +1,5 @@
-"""The processes a benchmark scenario measures: gunicorn and Celery workers, on the bench's own databases.
+"""The processes a benchmark scenario measures: the API (uvicorn; gunicorn for the naive baselines) and
+Celery workers, on the bench's own databases.
 
 ``BenchEnvironment`` says where everything lives (databases, queue prefix, port); ``Stack`` starts the
 API and workers for one scenario, waits until they serve, reports their peak memory and stops them.
@@ -229,6 +230,8 @@ def api_process(*, port: int, processes: int) -> ProcessSpec:
 
 
 def worker_command(queues: list[str], *, name: str, concurrency: int, prefetch: int, pool: str) -> list[str]:
+    """A worker as ``make run`` starts it (same pool); shard queues go to its batching apply consumer,
+    whose prefetch is ``WRITES_APPLY_PREFETCH`` (``prefetch`` here only concerns Celery's own queues)."""
     return [
         sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues), "--pool", pool,
         "-c", str(concurrency), "--prefetch-multiplier", str(prefetch), "-n", f"{name}@%h",

@@ -29,6 +29,9 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 app = Celery("config")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Shard queues are consumed by the batching apply consumer (several messages per transaction); by
+# name, so that Django is set up before the step's module is imported.
+app.steps["worker"].add("writes.consumer:BatchingApplyStep")
 
 
 @app.on_after_configure.connect

@@ -148,6 +148,21 @@ CELERY_ACCEPT_CONTENT = ["json", "application/x-writes-msgpack"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = env("WRITES_QUEUE_PREFIX", "writes") + ".maintenance"
+# --- Workers: the batching apply consumer (writes/consumer.py) --------------------------------
+# A worker consumes its shard queues itself and applies several prefetched messages in one
+# transaction: up to this many writes, or what arrived within this wait after the first message.
+WRITES_APPLY_BATCHING = env_bool("WRITES_APPLY_BATCHING", True)
+WRITES_APPLY_MAX_ROWS = env_int("WRITES_APPLY_MAX_ROWS", 20_000)
+WRITES_APPLY_MAX_WAIT_SECONDS = env_float("WRITES_APPLY_MAX_WAIT_SECONDS", 0.1)
+# Messages the broker may hand a shard consumer before it acks (AMQP prefetch count; RabbitMQ has no
+# limit in bytes). 128 lets a batch gather 128 small messages, and bounds what a worker holds when
+# messages are large (128 of the API's largest, 10,000 writes, are about 130 MB).
+WRITES_APPLY_PREFETCH = env_int("WRITES_APPLY_PREFETCH", 128)
+# A combined batch failing for a non-connection reason this many times is split into its messages,
+# each then retried up to writes.tasks.MAX_TRANSIENT_ATTEMPTS times before it is dead-lettered.
+WRITES_APPLY_COMBINED_ATTEMPTS = env_int("WRITES_APPLY_COMBINED_ATTEMPTS", 2)
+# The pool ``make run``, docker-compose and the bench start workers with (see README, Worker layout).
+WORKER_POOL = env("WORKER_POOL", "solo")
 CELERY_TASK_DEFAULT_EXCHANGE = env("WRITES_QUEUE_PREFIX", "writes")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # The projector also runs after every applied batch; this is the safety net (e.g. for a trigger
@@ -155,6 +170,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "project-all": {"task": "readmodels.project_all", "schedule": env_float("PROJECT_ALL_EVERY_SECONDS", 5.0)},
     # Recompute the recent window of every projection from the log and fix any drift.
     "repair-all": {"task": "readmodels.repair_all", "schedule": env_float("REPAIR_ALL_EVERY_SECONDS", 3600.0)},
+    # Forget which published messages were applied or abandoned once none can come back (writes/fates.py).
+    "prune-publish-fates": {"task": "writes.prune_publish_fates", "schedule": 86400.0},
 }
 
 # --- The write path ------------------------------------------------------------------------

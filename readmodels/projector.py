@@ -96,25 +96,32 @@ def fold(cursor: Any, projection: Projection, after: int, upto: int) -> None:
 
 
 def project_slice(
-    shard: str, projection: Projection, *, slice_positions: int = SLICE_POSITIONS, wait: bool = False
+    shard: str,
+    projection: Projection,
+    *,
+    slice_positions: int = SLICE_POSITIONS,
+    wait: bool = False,
+    upto: int | None = None,
 ) -> int:
-    """Apply the next slice of the log to ``projection``; returns how many positions it advanced
-    (0 when caught up, or when another projector holds the checkpoint: at once, or with ``wait``
-    after waiting up to ``CHECKPOINT_WAIT`` for it)."""
+    """Apply the next slice of the log to ``projection`` (not past ``upto`` when given); returns how many
+    positions it advanced (0 when caught up, or when another projector holds the checkpoint: at once,
+    or with ``wait`` after waiting up to ``CHECKPOINT_WAIT`` for it)."""
     try:
-        return _fold_next_slice(shard, projection, slice_positions=slice_positions, wait=wait)
+        return _fold_next_slice(shard, projection, slice_positions=slice_positions, wait=wait, limit=upto)
     except OperationalError as exc:
         if isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
             return 0  # another run kept it longer than a slice should take; it is making progress
         raise
 
 
-def _fold_next_slice(shard: str, projection: Projection, *, slice_positions: int, wait: bool) -> int:
+def _fold_next_slice(
+    shard: str, projection: Projection, *, slice_positions: int, wait: bool, limit: int | None = None
+) -> int:
     with transaction.atomic(using=shard), connections[shard].cursor() as cursor:
         checkpoint = _checkpoint_for_update(cursor, projection.name, wait=wait)
         if checkpoint is None:
             return 0
-        head = head_position(cursor)
+        head = head_position(cursor) if limit is None else min(limit, head_position(cursor))
         if head <= checkpoint:
             return 0
         upto = min(head, checkpoint + slice_positions)
@@ -124,15 +131,22 @@ def _fold_next_slice(shard: str, projection: Projection, *, slice_positions: int
 
 
 def project_shard(shard: str, *, projections: list[Projection] | None = None, time_budget: float = 10.0) -> int:
-    """Bring every projection of ``shard`` up to the head of its log (or until the time budget is
-    spent); returns the positions advanced in total."""
+    """Bring every projection of ``shard`` up to the head its log had when the run started (or until the
+    time budget is spent); returns the positions advanced in total.
+
+    Not chasing writes committed during the run keeps a run as short as the backlog it found: under
+    steady load a run that chased the head would hold a (solo) housekeeping worker for the whole time
+    budget while the other shards' runs waited. Writes committed meanwhile have triggered a run of
+    their own (``readmodels.tasks.request_projection``), which starts after their commit."""
     deadline = time.monotonic() + time_budget
     advanced = 0
+    with connections[shard].cursor() as cursor:
+        target = head_position(cursor)
     pending = list(PROJECTIONS if projections is None else projections)
     while pending and time.monotonic() < deadline:
         still_behind = []
         for projection in pending:
-            step = project_slice(shard, projection, wait=True)
+            step = project_slice(shard, projection, wait=True, upto=target)
             advanced += step
             if step:
                 still_behind.append(projection)

@@ -20,7 +20,7 @@ REPAIR_TASK = "readmodels.repair_shard"
 # At most one trigger per shard per this many seconds and process. A batch applied inside the window
 # gets a trigger delayed to the window's end (trailing edge), so every applied batch is followed by a
 # projector run that starts after its commit; beat's ``project_all`` is only the safety net.
-TRIGGER_INTERVAL_SECONDS = 0.25
+TRIGGER_INTERVAL_SECONDS = 0.1
 
 # shard → when the latest trigger sent (or scheduled) by this process runs.
 _next_run: dict[str, float] = {}

@@ -142,7 +142,8 @@ class Worker:
         self._log.close()
         self._metrics_dir.cleanup()
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        # Generous: on a busy two-core machine a worker can take tens of seconds to boot.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

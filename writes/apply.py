@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from django.db import DataError, IntegrityError, connections, transaction
 from kombu import Queue
 
 from writes.errors import ForwardFailed
+from writes.fates import claim_messages
 from writes.models import MovedLogicalShard
 from writes.notifications import notify_writes_applied
 from writes.routing import logical_shard_for
@@ -35,20 +37,22 @@ APPEND_LOCK_KEY = 0x5752_4954_455F_4C4F  # "WRITE_LO"
 # [seq, tenant_id, write_id, kind, key, payload, occurred_at, received_at]
 StagedRow = tuple[int, str, str, str, str, str, str, str]
 
+# Created once per database connection (the table lives as long as the session); emptied at every
+# COMMIT. Columns in the order a COPY line is written: the row's own fields, then its group's.
 _STAGING_DDL = """
 CREATE TEMPORARY TABLE IF NOT EXISTS staging_writes (
-    seq integer NOT NULL,
-    tenant_id text NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
     write_id text NOT NULL,
-    kind text NOT NULL,
     key text NOT NULL,
     payload text NOT NULL,
     occurred_at text NOT NULL,
+    tenant_id text NOT NULL,
+    kind text NOT NULL,
     received_at text NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 
-_COPY = "COPY staging_writes (seq, tenant_id, write_id, kind, key, payload, occurred_at, received_at) FROM STDIN"
+_COPY = "COPY staging_writes (write_id, key, payload, occurred_at, tenant_id, kind, received_at) FROM STDIN"
 
 _INSERT = """
 INSERT INTO write_log (tenant_id, write_id, kind, key, payload, occurred_at, received_at)
@@ -57,6 +61,11 @@ FROM staging_writes
 ORDER BY seq
 ON CONFLICT (tenant_id, write_id) DO NOTHING
 """
+
+# Names the open apply transaction in pg_stat_activity until COMMIT (``SET LOCAL``), e.g.
+# ``apply shard_0 messages=12 writes=4800 event,transfer``: operators (and the fault tests) see how many
+# messages, writes and which kinds each applying transaction holds.
+_TAG = "SELECT set_config('application_name', %s, true)"
 
 _REJECT = """
 INSERT INTO rejected_writes (tenant_id, write_id, kind, key, payload, code, reason)
@@ -108,6 +117,8 @@ class ApplyResult:
     duplicates: int
     rejected: int
     diverted: int = 0
+    #: Writes of messages this transaction did not claim: abandoned by the API, or applied before.
+    skipped: int = 0
 
 
 class _Diversion:
@@ -116,23 +127,23 @@ class _Diversion:
     def __init__(self) -> None:
         self.rows: dict[int, StagedRow] = {}
 
-    def take_out(self, cursor: Any, rows: list[StagedRow]) -> None:
+    def take_out(self, cursor: Any, batch: _Batch) -> None:
         """Under the append lock: remove from staging every row whose logical shard is fenced here."""
         cursor.execute(_FENCES)
         fenced = {logical for logical, _, _ in cursor.fetchall()}
         if not fenced:
             return
-        leaving = {tenant for tenant in {row[1] for row in rows} if _logical_shard(tenant) in fenced}
+        leaving = {tenant for tenant in batch.tenants() if _logical_shard(tenant) in fenced}
         if not leaving:
             return
         cursor.execute("DELETE FROM staging_writes WHERE tenant_id = ANY(%s)", [list(leaving)])
-        self.rows.update((row[0], row) for row in rows if row[1] in leaving)
+        self.rows.update((row[0], row) for row in batch.rows() if row[1] in leaving)
 
 
 def _logical_shard(tenant_id: str) -> int | None:
     try:
         return logical_shard_for(uuid.UUID(tenant_id))
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):
         return None  # not a tenant id at all: left in the batch, where the cast rejects it
 
 
@@ -147,33 +158,180 @@ def staged_rows(groups: Sequence[Sequence[Any]]) -> list[StagedRow]:
     return rows
 
 
+# --- COPY text ------------------------------------------------------------------------------
+# Rows go to PostgreSQL as COPY text written straight from the message's lists: no tuple per row and
+# no per-field adaptation. A line is valid as it stands when no field holds a tab, newline, carriage
+# return or backslash; one count over a group's text checks that, and only a group that fails it (or
+# holds a non-string) is written again field by field with escapes.
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    return (value if isinstance(value, str) else str(value)).translate(_COPY_ESCAPES)
+
+
+def _plain(text: str, lines: int) -> bool:
+    return text.count("\t") == 6 * lines and text.count("\n") == lines and "\\" not in text and "\r" not in text
+
+
+def group_copy_text(group: Sequence[Any]) -> str:
+    """One message group as COPY text lines (write_id, key, payload, occurred_at, tenant, kind, received)."""
+    tenant_id, kind, received_at, items = group
+    tail = f"\t{_copy_field(tenant_id)}\t{_copy_field(kind)}\t{_copy_field(received_at)}\n"
+    if not items:
+        return ""
+    try:
+        text = tail.join(map("\t".join, items)) + tail
+    except TypeError:
+        text = ""
+    if text and _plain(text, len(items)):
+        return text
+    lines = []
+    for write_id, key, payload, occurred_at in items:
+        fields = (write_id, key, payload, occurred_at)
+        lines.append("\t".join(map(_copy_field, fields)) + tail)
+    return "".join(lines)
+
+
+def rows_copy_text(rows: Sequence[StagedRow]) -> str:
+    """Staged rows as COPY text lines, in the staging table's column order."""
+    lines = []
+    for _, tenant_id, write_id, kind, key, payload, occurred_at, received_at in rows:
+        fields = (write_id, key, payload, occurred_at, tenant_id, kind, received_at)
+        try:
+            line = "\t".join(fields) + "\n"
+        except TypeError:
+            line = ""
+        if not line or not _plain(line, 1):
+            line = "\t".join(map(_copy_field, fields)) + "\n"
+        lines.append(line)
+    return "".join(lines)
+
+
+class _Batch:
+    """The writes of one apply attempt: the message groups as they came (the fast path), or staged
+    rows once something needed them one by one (a hook, a fence, a bisection)."""
+
+    def __init__(self, groups: Sequence[Sequence[Any]] | None, rows: list[StagedRow] | None = None) -> None:
+        self.groups = groups
+        self._rows = rows
+        self.count = len(rows) if rows is not None else sum(len(group[3]) for group in groups or ())
+
+    def rows(self) -> list[StagedRow]:
+        if self._rows is None:
+            self._rows = staged_rows(self.groups or ())
+        return self._rows
+
+    def tenants(self) -> set[str]:
+        if self._rows is None:
+            return {group[0] for group in self.groups or ()}
+        return {row[1] for row in self._rows}
+
+    def copy_data(self) -> bytes:
+        if self._rows is None:
+            return "".join(map(group_copy_text, self.groups or ())).encode()
+        return rows_copy_text(self._rows).encode()
+
+
+# Raw connections (psycopg) whose session already has the staging table.
+_staging_ready: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _prepare_staging(cursor: Any, raw_connection: Any) -> bool:
+    """Create the staging table unless this session has it; True when this transaction created it."""
+    if raw_connection in _staging_ready:
+        return False
+    cursor.execute(_STAGING_DDL)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedMessage:
+    """One broker message's writes: its id (the task id its publisher gave it) and its groups. A message
+    without a usable id (``None``) is applied unclaimed."""
+
+    message_id: str | None
+    groups: Sequence[Sequence[Any]]
+
+
+def message_id(value: Any) -> str | None:
+    """A message's id as ``publish_fates`` keys it, or ``None`` when it is not a UUID."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
+def apply_messages(*, shard: str, messages: Sequence[PublishedMessage]) -> ApplyResult:
+    """Apply broker messages to ``shard`` in one transaction, each only if this transaction claims it
+    (``writes.fates``): a message the API abandoned, or one already applied, is left out whole."""
+    return _apply(shard=shard, groups=None, messages=messages, divert=True)
+
+
 def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = True) -> ApplyResult:
-    """Apply one message's groups to ``shard``. ``divert=False`` (moving data in) ignores this shard's fences."""
-    rows = staged_rows(groups)
-    received = len(rows)
-    hooked = {str(group[1]) for group in groups}.intersection(KIND_HOOKS)
+    """Apply message groups to ``shard`` in one transaction, unclaimed (moving data in, and tests).
+    ``divert=False`` (moving data in) ignores fences."""
+    return _apply(shard=shard, groups=groups, messages=(), divert=divert)
+
+
+def _apply(
+    *,
+    shard: str,
+    groups: Sequence[Sequence[Any]] | None,
+    messages: Sequence[PublishedMessage],
+    divert: bool,
+) -> ApplyResult:
     connection = connections[shard]
     rejected: list[Rejection] = []
     diversion = _Diversion() if divert else None
+    # Only a COMMIT of our own makes the staging table permanent for the session; inside a caller's
+    # transaction, the caller may still roll it back.
+    outermost = not connection.in_atomic_block
+    created = False
     with transaction.atomic(using=shard), connection.cursor() as cursor:
-        cursor.execute(_STAGING_DDL)
+        created = _prepare_staging(cursor, connection.connection)
+        if groups is None:
+            claimed = claim_messages(cursor, [m.message_id for m in messages if m.message_id is not None])
+            groups = [
+                group
+                for message in messages
+                if message.message_id is None or message.message_id in claimed
+                for group in message.groups
+            ]
+        skipped = sum(len(group[3]) for message in messages for group in message.groups) - sum(
+            len(group[3]) for group in groups
+        )
+        batch = _Batch(groups)
+        received = batch.count
+        hooked = {str(group[1]) for group in groups}.intersection(KIND_HOOKS)
+        kinds = ",".join(sorted({str(group[1]) for group in groups}))
+        tag = f"apply {shard} messages={len(messages) or 1} writes={received} {kinds}"
+        cursor.execute(_TAG, [tag[:63]])
         decisions = []
-        for kind in sorted(hooked):
-            hook = KIND_HOOKS[kind]
-            decision = hook.before_insert(cursor, [row for row in rows if row[3] == kind])
-            decisions.append((hook, decision))
-            rejected.extend(decision.rejected)
-            if decision.drop:
-                rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
-        applied = _apply_isolating(cursor, rows, rejected, diversion, first=True) if rows else 0
+        if hooked:
+            rows = batch.rows()
+            for kind in sorted(hooked):
+                hook = KIND_HOOKS[kind]
+                decision = hook.before_insert(cursor, [row for row in rows if row[3] == kind])
+                decisions.append((hook, decision))
+                rejected.extend(decision.rejected)
+                if decision.drop:
+                    rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
+            batch = _Batch(None, rows)
+        applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
         for hook, decision in decisions:
             hook.after_insert(cursor, decision)
-        for row, code, reason in rejected:
-            cursor.execute(_REJECT, _rejection_record(row, code, reason))
+        if rejected:
+            cursor.executemany(_REJECT, [_rejection_record(row, code, reason) for row, code, reason in rejected])
         if diversion is not None and diversion.rows:
             _forward(cursor, shard, [diversion.rows[seq] for seq in sorted(diversion.rows)])
         if applied or rejected:
             notify_writes_applied(cursor)
+    if created and outermost:
+        _staging_ready.add(connection.connection)
     if rejected:
         logger.warning(
             "shard %s: rejected %d of %d writes",
@@ -184,46 +342,47 @@ def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = T
         )
     diverted = len(diversion.rows) if diversion is not None else 0
     return ApplyResult(
-        received=received,
+        received=received + skipped,
         applied=applied,
         duplicates=received - applied - len(rejected) - diverted,
         rejected=len(rejected),
         diverted=diverted,
+        skipped=skipped,
     )
 
 
 def _apply_isolating(
     cursor: Any,
-    rows: list[StagedRow],
+    batch: _Batch,
     rejected: list[Rejection],
     diversion: _Diversion | None,
     *,
     first: bool,
 ) -> int:
-    """Apply ``rows`` in a savepoint; on a data error, bisect. Returns the number of rows inserted."""
+    """Apply ``batch`` in a savepoint; on a data error, bisect. Returns the number of rows inserted."""
     try:
         with transaction.atomic(using=cursor.db.alias):
             if not first:
                 cursor.execute("DELETE FROM staging_writes")
-            _copy_and_insert(cursor, rows, diversion)
+            _copy_and_insert(cursor, batch, diversion)
             return int(cursor.rowcount)
     except DATA_ERRORS as exc:
+        rows = batch.rows()
         if len(rows) == 1:
             rejected.append((rows[0], "invalid_write", _reason(exc)))
             return 0
         middle = len(rows) // 2
-        return _apply_isolating(cursor, rows[:middle], rejected, diversion, first=False) + _apply_isolating(
-            cursor, rows[middle:], rejected, diversion, first=False
+        return _apply_isolating(cursor, _Batch(None, rows[:middle]), rejected, diversion, first=False) + (
+            _apply_isolating(cursor, _Batch(None, rows[middle:]), rejected, diversion, first=False)
         )
 
 
-def _copy_and_insert(cursor: Any, rows: list[StagedRow], diversion: _Diversion | None) -> None:
+def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> None:
     with cursor.cursor.copy(_COPY) as copy:
-        for row in rows:
-            copy.write_row(row)
+        copy.write(batch.copy_data())
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
     if diversion is not None:
-        diversion.take_out(cursor, rows)
+        diversion.take_out(cursor, batch)
     cursor.execute(_INSERT)
 
 

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 from django.db import OperationalError, connections
 
 from readmodels.tasks import request_projection
-from writes.apply import ApplyResult, apply_batch
+from writes.apply import ApplyResult, PublishedMessage, apply_messages, message_id
 from writes.errors import ForwardFailed
+from writes.fates import KEEP_DAYS, PRUNE_SQL
 from writes.metrics import (
     APPLY_BATCH_SIZE,
     APPLY_RETRIES,
@@ -60,7 +62,10 @@ def _is_connection_failure(exc: BaseException) -> bool:
     return sqlstate is None or sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES
 
 
-def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
+def with_shard_retries(shard: str, work: Callable[[], T], *, max_attempts: int | None = None) -> T:
+    """Run ``work``, retrying transient database errors with backoff: connection failures until the
+    shard answers again, others up to ``max_attempts`` (default ``MAX_TRANSIENT_ATTEMPTS``) in all."""
+    cap = max_attempts or MAX_TRANSIENT_ATTEMPTS
     attempt = 0
     while True:
         try:
@@ -68,7 +73,7 @@ def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
         except (OperationalError, psycopg.OperationalError, ForwardFailed) as exc:
             attempt += 1
             connections[shard].close()
-            if not _is_connection_failure(exc) and attempt >= MAX_TRANSIENT_ATTEMPTS:
+            if not _is_connection_failure(exc) and attempt >= cap:
                 logger.error("shard %s: giving up after %d attempts: %s", shard, attempt, exc, extra={"shard": shard})
                 raise
             APPLY_RETRIES.labels(shard).inc()
@@ -84,39 +89,19 @@ def with_shard_retries(shard: str, work: Callable[[], T]) -> T:
             time.sleep(delay)
 
 
-@shared_task(name=APPLY_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
+@shared_task(bind=True, name=APPLY_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def apply_batch_task(self: Task[Any, Any], shard: str, groups: list[list[Any]]) -> dict[str, int]:
+    """One message, one transaction: what a worker runs when ``WRITES_APPLY_BATCHING`` is off (with it
+    on, ``writes.consumer`` applies these same messages several at a time)."""
     started = time.perf_counter()
+    messages = [PublishedMessage(message_id(self.request.id), groups)]
     try:
-        result: ApplyResult = with_shard_retries(shard, lambda: apply_batch(shard=shard, groups=groups))
+        result: ApplyResult = with_shard_retries(shard, lambda: apply_messages(shard=shard, messages=messages))
     except Exception:
         # The task fails, is rejected (not acked) and the quorum queue dead-letters the message.
         DEAD_LETTERED.labels(shard).inc()
         raise
-    elapsed = time.perf_counter() - started
-    APPLY_SECONDS.labels(shard).observe(elapsed)
-    APPLY_BATCH_SIZE.labels(shard).observe(result.received)
-    ROWS_APPLIED.labels(shard).inc(result.applied)
-    ROWS_DUPLICATE.labels(shard).inc(result.duplicates)
-    ROWS_REJECTED.labels(shard).inc(result.rejected)
-    ROWS_DIVERTED.labels(shard).inc(result.diverted)
-    logger.info(
-        "shard %s: applied %d of %d writes in %.1f ms",
-        shard,
-        result.applied,
-        result.received,
-        elapsed * 1000,
-        extra={
-            "shard": shard,
-            "tenants": sorted({str(group[0]) for group in groups})[:20],
-            "batch_size": result.received,
-            "applied": result.applied,
-            "duplicates": result.duplicates,
-            "rejected": result.rejected,
-            "diverted": result.diverted,
-            "duration_ms": round(elapsed * 1000, 2),
-        },
-    )
+    record_applied(shard, result, time.perf_counter() - started, groups, messages=1)
     if result.applied:
         request_projection(shard)
     return {
@@ -126,3 +111,44 @@ def apply_batch_task(shard: str, groups: list[list[Any]]) -> dict[str, int]:
         "rejected": result.rejected,
         "diverted": result.diverted,
     }
+
+
+def record_applied(shard: str, result: ApplyResult, elapsed: float, groups: list[Any], *, messages: int) -> None:
+    """Count one committed batch in the worker's metrics and log it once."""
+    APPLY_SECONDS.labels(shard).observe(elapsed)
+    APPLY_BATCH_SIZE.labels(shard).observe(result.received)
+    ROWS_APPLIED.labels(shard).inc(result.applied)
+    ROWS_DUPLICATE.labels(shard).inc(result.duplicates)
+    ROWS_REJECTED.labels(shard).inc(result.rejected)
+    ROWS_DIVERTED.labels(shard).inc(result.diverted)
+    logger.info(
+        "shard %s: applied %d of %d writes from %d message(s) in %.1f ms",
+        shard,
+        result.applied,
+        result.received,
+        messages,
+        elapsed * 1000,
+        extra={
+            "shard": shard,
+            "tenants": sorted({str(group[0]) for group in groups})[:20],
+            "batch_size": result.received,
+            "messages": messages,
+            "applied": result.applied,
+            "duplicates": result.duplicates,
+            "rejected": result.rejected,
+            "diverted": result.diverted,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
+
+
+@shared_task(name="writes.prune_publish_fates", ignore_result=True)
+def prune_publish_fates_task() -> dict[str, int]:
+    """Forget fates older than ``writes.fates.KEEP_DAYS`` on every shard (beat, daily): a message is
+    redelivered, if at all, long before that."""
+    pruned: dict[str, int] = {}
+    for shard in settings.SHARD_ALIASES:
+        with connections[shard].cursor() as cursor:
+            cursor.execute(PRUNE_SQL, [KEEP_DAYS])
+            pruned[shard] = cursor.rowcount
+    return pruned

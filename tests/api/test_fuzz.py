@@ -3,13 +3,12 @@ never a 5xx, always the JSON error body (or the normal JSON answer)."""
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from tests.conftest import ALL_DATABASES, make_tenant
-from tests.edge import ApiResponse, api_client
+from tests.edge import ApiClient, ApiResponse, api_client
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -78,7 +77,7 @@ def _assert_answered(response: ApiResponse, what: str) -> None:
         assert {"code", "message", "details"} <= set(body["error"]), what
 
 
-def _send(client: Any, method: str, path: str) -> ApiResponse:
+def _send(client: ApiClient, method: str, path: str) -> ApiResponse:
     body = BODIES.get(method)
     content_type = "application/json" if body is not None else None
     return client.generic(method, path, data=body or b"", content_type=content_type)

@@ -13,7 +13,7 @@ from django.core.management import call_command
 
 pytestmark = pytest.mark.e2e
 
-SCENARIOS = ["naive", "batched", "copy_limit"]
+SCENARIOS = ["naive", "batched", "copy_limit", "worker_limit", "chat_single_max", "ledger"]
 
 
 def test_bench_runs_scenarios_and_writes_json_and_plot(tmp_path):
@@ -47,3 +47,16 @@ def test_bench_runs_scenarios_and_writes_json_and_plot(tmp_path):
     assert batched["lag_applied_s"]["rows"] == batched["rows_applied"]
     assert results["naive"]["rows_applied"] == results["naive"]["writes_accepted"] > 0
     assert {t["target"] for t in document["targets"]} >= {"batched / naive applied", "batched / copy_limit applied"}
+    assert {t["target"] for t in document["targets"]} >= {
+        "worker CPU per applied write in single (ms)",
+        "ledger applied transfers/s (1,000-transfer requests)",
+    }
+    # The workers alone, chat and the ledger: nothing lost or applied twice; the ledger's invariants hold.
+    for name in ("worker_limit", "chat_single_max", "ledger"):
+        result = results[name]
+        assert result["writes_accepted"] > 0
+        assert result["rows_applied"] + result["rows_rejected"] == result["writes_accepted"], name
+        assert (result["not_applied_after_drain"], result["duplicates"]) == (0, 0), name
+        assert result["cpu_ms_per_write"]["worker"] > 0, name
+    assert results["ledger"]["ledger_violations"] == 0
+    assert results["chat_single_max"]["lag_visible_s"]["rows"] > 0

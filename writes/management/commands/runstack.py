@@ -70,7 +70,8 @@ class Command(BaseCommand):
             name = f"worker-{index}"
             commands[name] = [
                 python, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(queues),
-                "-c", concurrency, "-n", f"{settings.WRITES_QUEUE_PREFIX}-worker{index}@%h", "-l", "INFO",
+                "--pool", settings.WORKER_POOL, "-c", concurrency,
+                "-n", f"{settings.WRITES_QUEUE_PREFIX}-worker{index}@%h", "-l", "INFO",
             ]  # fmt: skip
             environments[name] = {
                 **environment,
