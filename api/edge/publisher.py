@@ -114,15 +114,12 @@ class EdgePublisher:
         queued.wake.set()
         if queued.writes >= self.max_writes or queued.nbytes >= self.max_bytes:
             queued.full.set()
+        # A timer, not ``wait_for``: no task per request on the hot path.
+        timer = asyncio.get_running_loop().call_later(self.timeout_seconds, _expire, pending)
         try:
-            await asyncio.wait_for(asyncio.shield(pending.future), self.timeout_seconds)
-            return
-        except TimeoutError:
-            if pending.state == QUEUED:
-                pending.state = GONE  # the flusher drops it: never published
-                raise BrokerUnavailable("The broker did not take the write in time; nothing was published.") from None
-        # On the wire with its confirm late: the send settles the whole message (see ``_send``).
-        await pending.future
+            await pending.future
+        finally:
+            timer.cancel()
 
     def _shard(self, shard: str) -> _ShardQueue:
         queued = self._shards.get(shard)
@@ -160,8 +157,8 @@ class EdgePublisher:
             queued.items.popleft()
             queued.writes -= item.writes
             queued.nbytes -= item.nbytes
-            if item.state == GONE or item.deadline <= now:
-                continue
+            if item.state == GONE or item.future.done() or item.deadline <= now:
+                continue  # its requester was answered (or left): never published
             item.state = SENT
             batch.append(item)
             writes += item.writes
@@ -295,6 +292,16 @@ def _fail(batch: list[_Pending], exc: PublishError) -> None:
         if not item.future.done():
             item.future.set_exception(exc)
             item.future.exception()  # retrieved: a requester that already gave up logs nothing
+
+
+def _expire(pending: _Pending) -> None:
+    """A request's deadline: a group not yet sent is dropped, never to be published; one on the wire is
+    settled with its whole message by ``_send`` at the message's deadline."""
+    if pending.state == QUEUED and not pending.future.done():
+        pending.state = GONE
+        pending.future.set_exception(
+            BrokerUnavailable("The broker did not take the write in time; nothing was published.")
+        )
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

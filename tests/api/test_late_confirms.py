@@ -120,7 +120,9 @@ def test_a_write_whose_confirm_came_too_late_is_refused_with_its_ids_and_never_a
     assert queue_depth(shard_queue(tenant.shard)) == 2
 
     worker = Worker(
-        [queue_name(alias) for alias in settings.SHARD_ALIASES], environment={"WRITES_QUEUE_PREFIX": own_queues}
+        [queue_name(alias) for alias in settings.SHARD_ALIASES],
+        name="late-confirms",
+        environment={"WRITES_QUEUE_PREFIX": own_queues},
     )
     try:
         # The client retries with the same id (named differently here, to tell which message was applied).
