@@ -127,13 +127,18 @@ class _Diversion:
     def __init__(self) -> None:
         self.rows: dict[int, StagedRow] = {}
 
-    def take_out(self, cursor: Any, batch: _Batch) -> None:
-        """Under the append lock: remove from staging every row whose logical shard is fenced here."""
+    @staticmethod
+    def leaving(cursor: Any, batch: _Batch) -> set[str]:
+        """Under the append lock: the batch's tenants whose logical shard is fenced here."""
         cursor.execute(_FENCES)
         fenced = {logical for logical, _, _ in cursor.fetchall()}
         if not fenced:
-            return
-        leaving = {tenant for tenant in batch.tenants() if _logical_shard(tenant) in fenced}
+            return set()
+        return {tenant for tenant in batch.tenants() if _logical_shard(tenant) in fenced}
+
+    def take_out(self, cursor: Any, batch: _Batch) -> None:
+        """Under the append lock: remove from staging every row whose logical shard is fenced here."""
+        leaving = self.leaving(cursor, batch)
         if not leaving:
             return
         cursor.execute("DELETE FROM staging_writes WHERE tenant_id = ANY(%s)", [list(leaving)])
@@ -321,7 +326,11 @@ def _apply(
                 if decision.drop:
                     rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
             batch = _Batch(None, rows)
-        applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
+        applied = None
+        if batch.count and not decisions:
+            applied = _copy_into_log(cursor, batch, diversion)
+        if applied is None:
+            applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
         for hook, decision in decisions:
             hook.after_insert(cursor, decision)
         if rejected:
@@ -375,6 +384,30 @@ def _apply_isolating(
         return _apply_isolating(cursor, _Batch(None, rows[:middle]), rejected, diversion, first=False) + (
             _apply_isolating(cursor, _Batch(None, rows[middle:]), rejected, diversion, first=False)
         )
+
+
+_COPY_INTO_LOG = "COPY write_log (write_id, key, payload, occurred_at, tenant_id, kind, received_at) FROM STDIN"
+
+
+def _copy_into_log(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> int | None:
+    """The common case, at the cost of one COPY: the rows straight into the log, under the append lock
+    (positions are given in COPY order, and commit order stays position order).
+
+    ``None`` when it does not apply and nothing was written: a row of a fenced logical shard, a repeated
+    id (a redelivery, a client's retry) or a row PostgreSQL refuses. The caller then takes the staging
+    path, which skips repeats, forwards fenced rows and isolates bad ones. A failed attempt only leaves
+    a gap in the positions, which readers step over.
+    """
+    try:
+        with transaction.atomic(using=cursor.db.alias):
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+            if diversion is not None and diversion.leaving(cursor, batch):
+                return None
+            with cursor.cursor.copy(_COPY_INTO_LOG) as copy:
+                copy.write(batch.copy_data())
+            return batch.count
+    except DATA_ERRORS:
+        return None
 
 
 def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> None:
