@@ -6,6 +6,7 @@ item by index and field. All-or-nothing: one bad item fails the whole request.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -213,9 +214,42 @@ def prepare_item_type(item_type: type[msgspec.Struct]) -> None:
             _prepared.add(item_type)
 
 
+# The fast path: a typed decoder validates while it parses, in one C pass with no intermediate dicts
+# (a third of the API's time on 1,000-event requests went to decoding into dicts, then converting).
+# Anything it refuses goes through the slow path below, which names every problem; so the fast path
+# only ever accepts what the slow path accepts.
+_BATCH_FIRST = re.compile(rb'\s*\{\s*"batch"\s*:')
+_typed: dict[tuple[type, int], tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]] = {}
+
+
+def _typed_decoders(item_type: type[T], max_items: int) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
+    """(one item, ``{"batch": [...]}``) decoders for ``item_type``, made once under the prepare lock."""
+    found = _typed.get((item_type, max_items))
+    if found is not None:
+        return found
+    with _prepare_lock:
+        if (item_type, max_items) not in _typed:
+            batch = msgspec.defstruct(
+                f"{item_type.__name__}Batch",
+                [("batch", Annotated[list[item_type], Meta(min_length=1, max_length=max_items)])],  # type: ignore[valid-type]
+                forbid_unknown_fields=True,
+            )
+            _typed[(item_type, max_items)] = (msgspec.json.Decoder(item_type), msgspec.json.Decoder(batch))
+    return _typed[(item_type, max_items)]
+
+
 def parse_writes(body: bytes, item_type: type[T], *, max_items: int) -> ParsedBody[T]:
     """Decode one item or ``{"batch": [...]}`` and validate every item against ``item_type``."""
     prepare_item_type(item_type)
+    if b"\\u0000" not in body:
+        one, batch = _typed_decoders(item_type, max_items)
+        is_batch = _BATCH_FIRST.match(body) is not None
+        try:
+            if is_batch:
+                return ParsedBody(items=batch.decode(body).batch, is_batch=True)
+            return ParsedBody(items=[one.decode(body)], is_batch=False)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass  # the slow path says what is wrong
     document = decode_json(body)
     if isinstance(document, dict) and "batch" in document:
         if len(document) != 1:
