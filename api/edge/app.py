@@ -200,17 +200,12 @@ class Edge:
         KEYS.put(digest, tenant, generation)
         return tenant
 
-    def cached_tenant(self, header: bytes | None) -> TenantContext | None:
-        """The tenant of a key this process already knows, without any I/O (for per-tenant limits)."""
-        parts = header.split() if header else []
-        if len(parts) != 2:
-            return None
+    async def tenant_or_none(self, header: bytes | None) -> TenantContext | None:
+        """The tenant of a working key, else ``None`` (Django's view then answers as it does)."""
         try:
-            secret = parts[1].decode("ascii")
-        except UnicodeDecodeError:
+            return await self.tenant_for(header)
+        except exceptions.APIException:
             return None
-        found = KEYS.get(hash_api_key(secret)) if looks_like_api_key(secret) else None
-        return None if is_missing(found) else found  # type: ignore[return-value]
 
 
 def _unauthorized(exc: exceptions.APIException) -> exceptions.APIException:
@@ -472,7 +467,7 @@ class Application:
         self, edge: Edge, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
     ) -> None:
         """Django's turn, bounded: a thread each, so a tenant gets at most a few at once."""
-        tenant = edge.cached_tenant(headers.get(b"authorization"))
+        tenant = await edge.tenant_or_none(headers.get(b"authorization")) if scope["path"].startswith("/api/") else None
         if tenant is None:
             async with edge.django_slots:
                 await self.django(scope, receive, send)
