@@ -69,7 +69,7 @@ def test_client_messages_keep_their_order_per_conversation_and_transfers_apply(l
 
     assert {s.status for s in statuses.values()} == {"applied"}
     for ids in messages.values():
-        positions = [statuses[write_id].position for write_id in ids]
+        positions = [statuses[write_id].position or 0 for write_id in ids]
         assert positions == sorted(positions), "a conversation's messages were applied out of order"
     deadline = time.monotonic() + 30
     while tenant.get("/api/v1/ledger/accounts/alice").json()["balance"] != 200 and time.monotonic() < deadline:
