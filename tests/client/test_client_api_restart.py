@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -22,7 +23,7 @@ PRODUCERS = 32
 KILL_AFTER_ACCEPTED = 30_000
 
 
-def log_rows(shard: str, tenant_id: object) -> list[tuple[str, int, int]]:
+def log_rows(shard: str, tenant_id: uuid.UUID) -> list[tuple[str, int, int]]:
     """(write id, producer, sequence number within the producer) of every row of the tenant."""
     with connections[shard].cursor() as cursor:
         cursor.execute(
