@@ -80,7 +80,7 @@ class Options:
     max_buffered_bytes: int = 64 * 1024 * 1024
     on_full: OnFull = "drop"
     block_timeout: float = 10.0
-    senders: int = 2
+    senders: int = 4
     timeout: float = 10.0
     backoff_base: float = 0.1
     backoff_cap: float = 10.0
