@@ -260,6 +260,15 @@ def test_client_retries_failures_with_the_ids_it_answered() -> None:
     assert (stats.accepted, stats.dropped) == (500, 0)
 
 
+def test_client_answers_the_canonical_form_of_a_given_id() -> None:
+    api = Flaky([])
+    given = "0B5E9A52-2B64-4C0E-9A39-5A3C9F2F1A01"
+    with client_for(api) as client:
+        assert client.capture_event("e", id=given) == given.lower()
+        assert client.capture_event("e", id="not-a-uuid") == "not-a-uuid"  # reported as invalid, not raised
+    assert api.accepted == [given.lower()]
+
+
 def test_client_overflow_drops_new_writes_and_reports_them_without_raising() -> None:
     gate = threading.Event()
     dropped: list[Dropped] = []

@@ -143,6 +143,7 @@ class AsyncClient:
         write_id = str(given) if given is not None else new_write_id()
         try:
             item = build(write_id)
+            write_id = item.id  # in its canonical form
         except InvalidWrite as exc:
             return self._refuse("invalid", write_id, exc)
         if self._closed:

@@ -164,7 +164,7 @@ class Reporter:
             "writes dropped (not accepted, not sent again): %s; last: %s %s",
             ", ".join(f"{n} {reason}" for reason, n in counts.items()),
             report.status or "",
-            report.detail or "",
+            str(report.detail or "")[:300],
         )
 
     def accepted(self, report: Accepted) -> None:
