@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.client.conftest import wait_for_projections
 from tests.conftest import ALL_DATABASES, make_tenant
 from tests.edge import shared_server
 from tests.stack import ROOT
@@ -49,3 +50,4 @@ def test_client_load_reports_what_the_log_holds(live_worker):
     while rows() < result["writes_accepted"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert rows() == result["writes_accepted"]
+    wait_for_projections()  # before the databases are truncated (tests/client/conftest.py says why)
