@@ -28,9 +28,16 @@ FILE_ID_NAMESPACE = uuid.UUID("8f4d2a4e-5b0c-4c57-9d0e-6f1c1b7a2e90")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="writes-client", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="writes-client", description="Send writes to the write absorber's API through the client library."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    send = commands.add_parser("send", help="send a file of JSON lines ('-' for standard input)")
+    send = commands.add_parser(
+        "send",
+        help="send a file of JSON lines ('-' for standard input), with a progress bar",
+        description="Each line is one write; a line without an id gets one derived from the file and its line "
+        "number, so sending the same file again adds nothing.",
+    )
     send.add_argument("file")
     send.add_argument("--kind", choices=KINDS, default="events")
     send.add_argument("--url", default=os.environ.get("WRITES_API_URL", "http://127.0.0.1:8000"))
