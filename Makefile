@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test faults lint typecheck pytest install browser bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -164,10 +164,10 @@ class Worker:
 class ApiServer:
     """The API in processes of its own (``serve_api``'s uvicorn command), as production runs it."""
 
-    def __init__(self, *, workers: int = 2, environment: dict[str, str] | None = None) -> None:
+    def __init__(self, *, workers: int = 2, environment: dict[str, str] | None = None, port: int | None = None) -> None:
         from writes.management.commands.serve_api import api_command, api_environment
 
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: a restarted API where clients expect it
         self.url = f"http://127.0.0.1:{self.port}"
         self._metrics_dir = tempfile.TemporaryDirectory(prefix="api-metrics-")
         self.log_path = ROOT / "var" / f"api-{os.getpid()}.log"
@@ -180,6 +180,7 @@ class ApiServer:
             env=api_environment(self.port, base),
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: ``kill`` takes uvicorn's children too
         )
         self._wait_ready()
 
@@ -197,6 +198,14 @@ class ApiServer:
 
     def stop(self) -> None:
         terminate(self.process)
+        self._log.close()
+        self._metrics_dir.cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the API at once, as a lost machine would: no answer for what is in flight."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         self._log.close()
         self._metrics_dir.cleanup()
 
