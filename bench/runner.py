@@ -42,7 +42,7 @@ from bench.tenants import CHAT_CONVERSATIONS, CHAT_MEMBERS, LEDGER_ACCOUNTS, LED
 PRODUCT_SETTINGS = "config.production"
 BENCH_SETTINGS = "bench.settings"
 SCENARIOS = [
-    "naive", "naive_celery", "single", "single_1k", "batched", "batched_80", "copy_limit",
+    "naive", "naive_celery", "single", "client", "single_1k", "batched", "batched_80", "copy_limit",
     "worker_limit", "chat_single_max", "chat_single", "ledger", "ledger_single",
 ]  # fmt: skip
 SAMPLE_SECONDS = 0.1
@@ -64,6 +64,7 @@ class Scenario:
     rate: float = 0.0  # 0: closed loop
     workers: str = "shards"  # "shards", "naive" or "none"
     kind: str = "event"  # what the load posts: "event", "message" (chat) or "transfer" (ledger)
+    driver: str = "loadgen"  # "loadgen": raw HTTP requests; "client": producers using writes_client
     log_kind: str = ""  # the write_log kind its requests become, when only those rows are counted
     # Open loop at this share of another scenario's applied rate (that scenario runs earlier in the run).
     rate_of: str = ""
@@ -82,6 +83,10 @@ DEFINITIONS: dict[str, Scenario] = {
         workers="naive",
     ),
     "single": Scenario("single", "real intake and workers, 1 event/request, closed loop", path="/api/v1/events"),
+    "client": Scenario(
+        "client", "32 producers, one event per call through the client library (it batches, gzips, retries)",
+        path="/api/v1/events", driver="client",
+    ),
     "single_1k": Scenario(
         "single_1k", "real intake and workers, 1 event/request, open loop at 1,000 requests/s",
         path="/api/v1/events", rate=1000.0, connections=64,
@@ -383,7 +388,7 @@ class BenchRun:
             stack.start()
             sampler.start()
             cpu_before = role_cpu_seconds(stack)
-            load = _run_loadgen(spec)
+            load = _run_client_load(spec) if scenario.driver == "client" else _run_loadgen(spec)
             load_start = load["started_at"]
             load_end = load_start + load["wall_seconds"]
             accepted = int(load["writes_accepted"])
@@ -700,6 +705,24 @@ def _run_loadgen(spec: LoadSpec) -> dict[str, Any]:
     )
     if completed.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{completed.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+def _run_client_load(spec: LoadSpec) -> dict[str, Any]:
+    """The ``client`` scenario's load: ``bench.client_load`` in a process of its own, as the loadgen."""
+    client_spec = {"url": f"http://{spec.host}:{spec.port}", "api_keys": spec.api_keys, "duration": spec.duration}
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.client_load"],
+        input=json.dumps(client_spec),
+        capture_output=True,
+        text=True,
+        timeout=spec.duration + 180,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"client load failed:\n{completed.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(completed.stdout)
     return result
 

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management.base import CommandError
+from django.db import OperationalError
+from django.test import TransactionTestCase
 
 from tests.edge import ApiClient, shared_server, stop_shared_server
 from tests.stack import Worker, purge_queues
@@ -14,6 +18,25 @@ from writes.queues import maintenance_queue_name, queue_name
 from writes.services import api_key_issue, shard_for_logical, tenant_create
 
 ALL_DATABASES = ["default", *settings.SHARD_ALIASES]
+
+
+def _flush_retrying_deadlocks(self: TransactionTestCase) -> None:
+    """A transactional test's flush (one TRUNCATE of every table) can deadlock with a projector run of
+    the suite's live worker that still holds the read models' rows; PostgreSQL then aborts one of the
+    two. The worker's run retries by itself; the flush is retried here, so the test does not fail on
+    its way out."""
+    for attempt in range(5):
+        try:
+            _django_fixture_teardown(self)
+            return
+        except (OperationalError, CommandError) as exc:  # flush wraps the database's error
+            if "deadlock detected" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+_django_fixture_teardown = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
+TransactionTestCase._fixture_teardown = _flush_retrying_deadlocks  # type: ignore[attr-defined]
 
 
 class TenantHandle:
