@@ -32,6 +32,15 @@ class WritesAccepted(msgspec.Struct):
     ids: list[str]
 
 
+class WriteConflict(msgspec.Struct):
+    """A later write that reused an applied write's id with other content, and was rejected for it."""
+
+    kind: str
+    code: Literal["exists_with_different_fields"]
+    reason: str
+    rejected_at: datetime
+
+
 class WriteStatus(msgspec.Struct):
     id: str
     status: Literal["pending", "applied", "rejected"]
@@ -41,6 +50,8 @@ class WriteStatus(msgspec.Struct):
     code: str | None = None
     reason: str | None = None
     rejected_at: datetime | None = None
+    #: Only on an applied write whose id a later write reused with other content.
+    conflict: WriteConflict | None = None
 
 
 class AsOf(msgspec.Struct):

@@ -62,6 +62,30 @@ ORDER BY seq
 ON CONFLICT (tenant_id, write_id) DO NOTHING
 """
 
+# Staged rows that the insert left out because their id is in the log with other content (another kind,
+# key or payload): ids are idempotency keys, so the repeat is reported, never dropped silently. Run only
+# when the insert took fewer rows than were staged (a redelivery, an id reused): a redelivery is
+# identical and matches nothing here.
+_CONFLICTS = """
+SELECT s.seq, s.tenant_id, s.write_id, s.kind, s.key, s.payload, s.occurred_at, s.received_at, l.kind
+FROM staging_writes s
+JOIN write_log l ON l.tenant_id = s.tenant_id::uuid AND l.write_id = s.write_id::uuid
+WHERE l.kind <> s.kind OR l.key <> s.key OR l.payload <> s.payload::jsonb
+ORDER BY s.seq
+"""
+
+#: The rejection code of a write whose id was used before by a write with other content (TigerBeetle's
+#: ``exists_with_different_fields``). The first write keeps the id; the status shows the conflict.
+EXISTS_WITH_DIFFERENT_FIELDS = "exists_with_different_fields"
+
+
+def conflict_reason(kind: str) -> str:
+    return (
+        f"The id was used before by a {kind} write with other content; ids are idempotency keys, "
+        "so this write was not applied. Send it again with a new id."
+    )
+
+
 # Names the open apply transaction in pg_stat_activity until COMMIT (``SET LOCAL``), e.g.
 # ``apply shard_0 messages=12 writes=4800 event,transfer``: operators (and the fault tests) see how many
 # messages, writes and which kinds each applying transaction holds.
@@ -364,8 +388,7 @@ def _apply_isolating(
         with transaction.atomic(using=cursor.db.alias):
             if not first:
                 cursor.execute("DELETE FROM staging_writes")
-            _copy_and_insert(cursor, batch, diversion)
-            return int(cursor.rowcount)
+            return _copy_and_insert(cursor, batch, diversion, rejected)
     except DATA_ERRORS as exc:
         rows = batch.rows()
         if len(rows) == 1:
@@ -377,13 +400,21 @@ def _apply_isolating(
         )
 
 
-def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> None:
+def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None, rejected: list[Rejection]) -> int:
+    """Stage and insert ``batch``; returns the rows inserted. Rows whose id the log holds with other
+    content are added to ``rejected``."""
     with cursor.cursor.copy(_COPY) as copy:
         copy.write(batch.copy_data())
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
     if diversion is not None:
         diversion.take_out(cursor, batch)
     cursor.execute(_INSERT)
+    inserted = int(cursor.rowcount)
+    if inserted < batch.count:
+        cursor.execute(_CONFLICTS)
+        for *row, stored_kind in cursor.fetchall():
+            rejected.append((tuple(row), EXISTS_WITH_DIFFERENT_FIELDS, conflict_reason(stored_kind)))
+    return inserted
 
 
 def _forward(cursor: Any, shard: str, rows: list[StagedRow]) -> None:

@@ -1,0 +1,106 @@
+"""Hardening of the write path: ids reused with other content, the ledger during a move, queue limits
+that change on live queues, dead-lettering and delayed work."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.conftest import ALL_DATABASES, make_tenant
+from writes.apply import EXISTS_WITH_DIFFERENT_FIELDS, apply_batch
+from writes.ledger import account_create
+from writes.models import LedgerAccount, RejectedWrite, WriteLog
+from writes.routing import TenantContext
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+
+NOW = datetime(2026, 5, 1, 12, tzinfo=UTC).isoformat()
+SHARD = "shard_0"
+
+
+def event_group(tenant_id: uuid.UUID, write_id: str, *, name: str = "signup") -> list[object]:
+    return [str(tenant_id), "event", NOW, [[write_id, name, '{"properties": {"n": 1}}', NOW]]]
+
+
+def transfer_group(tenant_id: uuid.UUID, write_id: str, debit: str, credit: str, amount: int) -> list[object]:
+    payload = json.dumps({"debit_account": debit, "credit_account": credit, "amount": amount, "currency": "EUR"})
+    return [str(tenant_id), "transfer", NOW, [[write_id, write_id, payload, NOW]]]
+
+
+def rejections(tenant_id: uuid.UUID, shard: str = SHARD) -> dict[str, RejectedWrite]:
+    return {str(r.write_id): r for r in RejectedWrite.objects.using(shard).filter(tenant_id=tenant_id)}
+
+
+# --- item 7: an id reused with other content is reported, never dropped -------------------------
+
+
+def test_apply_reports_an_event_id_reused_by_an_unguarded_transfer():
+    context = TenantContext(tenant_id=uuid.uuid4(), shard=SHARD)
+    account_create(tenant=context, account_id="equity", currency="EUR", no_overdraft=False)
+    account_create(tenant=context, account_id="cash", currency="EUR", no_overdraft=False)
+    shared_id = str(uuid.uuid4())
+    apply_batch(shard=SHARD, groups=[event_group(context.tenant_id, shared_id)])
+    result = apply_batch(shard=SHARD, groups=[transfer_group(context.tenant_id, shared_id, "equity", "cash", 5)])
+    assert (result.applied, result.duplicates, result.rejected) == (0, 0, 1)
+    rejected = rejections(context.tenant_id)[shared_id]
+    assert (rejected.code, rejected.kind) == (EXISTS_WITH_DIFFERENT_FIELDS, "transfer")
+    assert "event" in rejected.reason
+    assert list(WriteLog.objects.using(SHARD).filter(tenant_id=context.tenant_id).values_list("kind", flat=True)) == [
+        "event"
+    ]
+
+
+def test_apply_reports_an_event_id_reused_by_a_guarded_transfer_and_moves_no_balance():
+    context = TenantContext(tenant_id=uuid.uuid4(), shard=SHARD)
+    account_create(tenant=context, account_id="equity", currency="EUR", no_overdraft=False)
+    account_create(tenant=context, account_id="wallet", currency="EUR", no_overdraft=True)
+    shared_id = str(uuid.uuid4())
+    apply_batch(shard=SHARD, groups=[event_group(context.tenant_id, shared_id)])
+    result = apply_batch(shard=SHARD, groups=[transfer_group(context.tenant_id, shared_id, "equity", "wallet", 5)])
+    assert result.rejected == 1
+    assert rejections(context.tenant_id)[shared_id].code == EXISTS_WITH_DIFFERENT_FIELDS
+    wallet = LedgerAccount.objects.using(SHARD).get(tenant_id=context.tenant_id, account_id="wallet")
+    assert wallet.balance == 0
+
+
+def test_apply_reports_a_reused_id_with_another_payload_and_in_the_same_batch():
+    tenant_id = uuid.uuid4()
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    apply_batch(shard=SHARD, groups=[event_group(tenant_id, first, name="a")])
+    result = apply_batch(
+        shard=SHARD,
+        groups=[
+            event_group(tenant_id, first, name="b"),  # other key, same id as an applied write
+            event_group(tenant_id, second, name="c"),
+            event_group(tenant_id, second, name="d"),  # the same id twice in one batch, other content
+        ],
+    )
+    assert (result.applied, result.rejected, result.duplicates) == (1, 2, 0)
+    found = rejections(tenant_id)
+    assert {found[first].key, found[second].key} == {"b", "d"}
+
+
+def test_apply_does_not_report_identical_redeliveries():
+    tenant_id = uuid.uuid4()
+    write_id = str(uuid.uuid4())
+    apply_batch(shard=SHARD, groups=[event_group(tenant_id, write_id)])
+    again = apply_batch(shard=SHARD, groups=[event_group(tenant_id, write_id), event_group(tenant_id, write_id)])
+    assert (again.applied, again.duplicates, again.rejected) == (0, 2, 0)
+    assert rejections(tenant_id) == {}
+
+
+def test_write_status_shows_the_applied_write_and_the_conflicting_one():
+    tenant = make_tenant("reused-ids")
+    context = TenantContext(tenant_id=tenant.tenant.id, shard=tenant.shard)
+    account_create(tenant=context, account_id="equity", currency="EUR", no_overdraft=False)
+    account_create(tenant=context, account_id="cash", currency="EUR", no_overdraft=False)
+    shared_id = str(uuid.uuid4())
+    apply_batch(shard=tenant.shard, groups=[event_group(tenant.tenant.id, shared_id)])
+    apply_batch(shard=tenant.shard, groups=[transfer_group(tenant.tenant.id, shared_id, "equity", "cash", 5)])
+    status = tenant.get(f"/api/v1/writes/{shared_id}").json()
+    assert (status["status"], status["kind"]) == ("applied", "event")
+    assert status["conflict"]["code"] == EXISTS_WITH_DIFFERENT_FIELDS
+    assert status["conflict"]["kind"] == "transfer"
