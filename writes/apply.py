@@ -163,6 +163,24 @@ class _Diversion:
         cursor.execute("DELETE FROM staging_writes WHERE tenant_id = ANY(%s)", [list(leaving)])
         self.rows.update((row[0], row) for row in batch.rows() if row[1] in leaving)
 
+    def take_out_rejected(self, cursor: Any, rejected: list[Rejection]) -> list[Rejection]:
+        """Under the append lock: of the rejections a kind hook decided before it, return those to record
+        here; the rows of a fenced logical shard are forwarded instead, for their new shard to decide
+        (against its accounts and balances, where their status is read)."""
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])  # re-entrant: held if inserted
+        cursor.execute(_FENCES)
+        fenced = {logical for logical, _, _ in cursor.fetchall()}
+        if not fenced:
+            return rejected
+        kept: list[Rejection] = []
+        for rejection in rejected:
+            row = rejection[0]
+            if _logical_shard(row[1]) in fenced:
+                self.rows[row[0]] = row
+            else:
+                kept.append(rejection)
+        return kept
+
 
 def _logical_shard(tenant_id: str) -> int | None:
     try:
@@ -335,17 +353,23 @@ def _apply(
         tag = f"apply {shard} messages={len(messages) or 1} writes={received} {kinds}"
         cursor.execute(_TAG, [tag[:63]])
         decisions = []
+        hook_rejected: list[Rejection] = []
         if hooked:
             rows = batch.rows()
             for kind in sorted(hooked):
                 hook = KIND_HOOKS[kind]
                 decision = hook.before_insert(cursor, [row for row in rows if row[3] == kind])
                 decisions.append((hook, decision))
-                rejected.extend(decision.rejected)
+                hook_rejected.extend(decision.rejected)
                 if decision.drop:
                     rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
             batch = _Batch(None, rows)
         applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
+        if hook_rejected and diversion is not None:
+            # Hooks decide before the append lock; whether a row's logical shard is still here is only
+            # known under it (a rejection recorded here for a moving shard would never be read).
+            hook_rejected = diversion.take_out_rejected(cursor, hook_rejected)
+        rejected[:0] = hook_rejected
         for hook, decision in decisions:
             hook.after_insert(cursor, decision)
         if rejected:

@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from django.conf import settings
+from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, make_tenant
 from writes.apply import EXISTS_WITH_DIFFERENT_FIELDS, apply_batch
 from writes.ledger import account_create
-from writes.models import LedgerAccount, RejectedWrite, WriteLog
-from writes.routing import TenantContext
+from writes.models import LedgerAccount, MovedLogicalShard, RejectedWrite, WriteLog
+from writes.moves import _set_fence_on, logical_shard_move
+from writes.queues import hold_queue
+from writes.routing import TenantContext, logical_shard_for
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -104,3 +109,62 @@ def test_write_status_shows_the_applied_write_and_the_conflicting_one():
     assert (status["status"], status["kind"]) == ("applied", "event")
     assert status["conflict"]["code"] == EXISTS_WITH_DIFFERENT_FIELDS
     assert status["conflict"]["kind"] == "transfer"
+
+
+# --- item 3: the ledger while a logical shard moves ------------------------------------------------
+
+
+def _tenant_on_shard_0(name: str) -> TenantContext:
+    tenant = make_tenant(name, shard="shard_0")
+    return TenantContext(tenant_id=tenant.tenant.id, shard="shard_0")
+
+
+def test_move_copies_an_account_created_during_catch_up_before_the_transfer_that_uses_it():
+    context = _tenant_on_shard_0("ledger-catch-up")
+    logical = logical_shard_for(context.tenant_id)
+    account_create(tenant=context, account_id="equity", currency="EUR", no_overdraft=False)
+    account_create(tenant=context, account_id="wallet", currency="EUR", no_overdraft=True)
+    apply_batch(shard="shard_0", groups=[transfer_group(context.tenant_id, str(uuid.uuid4()), "equity", "wallet", 9)])
+    apply_batch(shard="shard_0", groups=[transfer_group(context.tenant_id, str(uuid.uuid4()), "equity", "wallet", 1)])
+    late_transfer = str(uuid.uuid4())
+    created: list[bool] = []
+
+    def during_catch_up(line: str) -> None:
+        # After the first chunk was copied: a new account and a transfer to it land on the source.
+        if line.strip().startswith("copied") and not created:
+            created.append(True)
+            account_create(tenant=context, account_id="late", currency="EUR", no_overdraft=True)
+            apply_batch(shard="shard_0", groups=[transfer_group(context.tenant_id, late_transfer, "equity", "late", 7)])
+
+    logical_shard_move(logical_shard=logical, target="shard_1", chunk_rows=1, report=during_catch_up)
+
+    assert created
+    assert rejections(context.tenant_id, "shard_1") == {}
+    assert WriteLog.objects.using("shard_1").filter(tenant_id=context.tenant_id, write_id=late_transfer).exists()
+    late = LedgerAccount.objects.using("shard_1").get(tenant_id=context.tenant_id, account_id="late")
+    assert late.balance == 7
+
+
+def test_a_held_logical_shard_forwards_transfers_its_hook_would_reject_instead_of_recording_them():
+    context = _tenant_on_shard_0("ledger-held")
+    logical = logical_shard_for(context.tenant_id)
+    account_create(tenant=context, account_id="equity", currency="EUR", no_overdraft=False)
+    account_create(tenant=context, account_id="wallet", currency="EUR", no_overdraft=True)
+    unknown, overdraw = str(uuid.uuid4()), str(uuid.uuid4())
+    _set_fence_on("shard_0", logical, ("shard_1", MovedLogicalShard.HOLDING))
+    try:
+        result = apply_batch(
+            shard="shard_0",
+            groups=[
+                transfer_group(context.tenant_id, unknown, "equity", "nowhere", 5),
+                transfer_group(context.tenant_id, overdraw, "wallet", "equity", 5),
+            ],
+        )
+        assert (result.rejected, result.diverted) == (0, 2)
+        assert rejections(context.tenant_id, "shard_0") == {}
+        with Connection(settings.CELERY_BROKER_URL) as connection:
+            declared: Any = hold_queue(logical).bind(connection.channel()).queue_declare(passive=True)
+        assert declared[1] == 1  # one forwarded message holds both, for the new shard to decide
+    finally:
+        with Connection(settings.CELERY_BROKER_URL) as connection:
+            hold_queue(logical).bind(connection.channel()).delete()
