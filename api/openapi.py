@@ -141,6 +141,9 @@ class EventStats(msgspec.Struct):
     name: str | None
     #: Non-empty buckets only, by start then name; a missing bucket counted zero events.
     buckets: list[EventBucket]
+    #: More buckets than ``limit``: ask again with ``after=next_after``.
+    has_more: bool
+    next_after: str | None
     as_of: AsOf
     #: How long ago the oldest write not yet counted was applied; 0 when fully caught up.
     lag_seconds: float
