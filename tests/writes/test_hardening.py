@@ -4,12 +4,14 @@ that change on live queues, dead-lettering and delayed work."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, make_tenant
@@ -168,3 +170,37 @@ def test_a_held_logical_shard_forwards_transfers_its_hook_would_reject_instead_o
     finally:
         with Connection(settings.CELERY_BROKER_URL) as connection:
             hold_queue(logical).bind(connection.channel()).delete()
+
+
+# --- item 10: delayed projector triggers without a countdown on the direct exchange ----------------
+
+
+def test_projection_triggers_inside_the_debounce_window_send_no_countdown_and_still_run(live_worker):
+    from readmodels.projections.checkpoints import current_checkpoint
+    from readmodels.tasks import TRIGGER_INTERVAL_SECONDS, request_projection
+    from tests.readmodels.helpers import apply_events
+    from tests.writes.test_e2e_events import wait_until
+
+    tenant = make_tenant("trailing-trigger")
+    warnings: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append  # type: ignore[method-assign]
+    celery_logger = logging.getLogger("celery.app.base")  # Celery's send_task logs the warning here
+    celery_logger.addHandler(handler)
+    celery_logger.disabled = False
+    apply_events(tenant.shard, tenant.tenant.id, [("first", datetime.now(UTC))])
+    request_projection(tenant.shard)
+    apply_events(tenant.shard, tenant.tenant.id, [("second", datetime.now(UTC))])
+    request_projection(tenant.shard)  # inside the window: the trailing trigger, delayed
+    head = WriteLog.objects.using(tenant.shard).filter(tenant_id=tenant.tenant.id).order_by("-position")[0].position
+
+    def projected() -> bool:
+        with connections[tenant.shard].cursor() as cursor:
+            return current_checkpoint(cursor, "event_counts") >= head
+
+    try:
+        wait_until(projected, timeout=30)
+    finally:
+        celery_logger.removeHandler(handler)
+    assert TRIGGER_INTERVAL_SECONDS > 0
+    assert not [r for r in warnings if "delayed delivery" in r.getMessage()]
