@@ -184,7 +184,7 @@ def test_projection_triggers_inside_the_debounce_window_send_no_countdown_and_st
     tenant = make_tenant("trailing-trigger")
     warnings: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
-    handler.emit = warnings.append  # type: ignore[method-assign]
+    handler.emit = warnings.append  # type: ignore[method-assign,assignment]
     celery_logger = logging.getLogger("celery.app.base")  # Celery's send_task logs the warning here
     celery_logger.addHandler(handler)
     celery_logger.disabled = False
