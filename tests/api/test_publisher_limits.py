@@ -24,7 +24,7 @@ def prefix() -> Iterator[str]:
     own = f"wh.publisher-test.{uuid.uuid4().hex[:8]}"
     yield own
     with Connection(settings.CELERY_BROKER_URL) as connection:
-        channel = connection.channel()
+        channel: Any = connection.channel()
         for suffix in [*settings.SHARD_ALIASES, "dead_letter", "maintenance"]:
             channel.queue_delete(f"{own}.{suffix}")
         channel.exchange_delete(own)
@@ -32,7 +32,8 @@ def prefix() -> Iterator[str]:
 
 def messages_in(queue: str) -> int:
     with Connection(settings.CELERY_BROKER_URL) as connection:
-        declared: Any = connection.channel().queue_declare(queue, passive=True)
+        channel: Any = connection.channel()
+        declared = channel.queue_declare(queue, passive=True)
         return int(declared[1])
 
 
@@ -75,7 +76,8 @@ def test_publish_to_a_deleted_shard_queue_answers_503_with_the_ids(prefix):
         client = server.client(HTTP_AUTHORIZATION=f"Bearer {tenant.api_key}")
         assert client.post("/api/v1/events", {"name": "first"}).status_code == 202  # the queue is declared
         with Connection(settings.CELERY_BROKER_URL) as connection:
-            connection.channel().queue_delete(f"{prefix}.{tenant.shard}")
+            channel: Any = connection.channel()
+            channel.queue_delete(f"{prefix}.{tenant.shard}")
         write_id = str(uuid.uuid4())
         response = client.post("/api/v1/events", {"id": write_id, "name": "lost?"})
     assert response.status_code == 503, response.content
