@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,28 @@ def test_adding_members_past_the_cap_answers_409(settings):
     assert again.status_code == 409, again.content  # a is a member already: 2 others + 3 > 3
     fits = tenant.post_json("/api/v1/conversations/c1/members", {"user_ids": ["a", "b", "x"]})
     assert fits.status_code == 202, fits.content
+
+
+def read_group(tenant_id: uuid.UUID, conversation_id: str, user_id: str, up_to: int) -> list[Any]:
+    row = [str(uuid.uuid4()), conversation_id, json.dumps({"user_id": user_id, "up_to": up_to}), NOW]
+    return [str(tenant_id), "read", NOW, [row]]
+
+
+def test_members_are_those_added_senders_and_readers_as_the_readme_says():
+    tenant = make_tenant("chat-membership")
+    tenant_id = tenant.tenant.id
+    apply_batch(
+        shard=tenant.shard,
+        groups=[
+            members_group(tenant_id, "c1", ["added"]),
+            message_group(tenant_id, "c1", "sender"),
+            message_group(tenant_id, "c1", "sender"),
+            read_group(tenant_id, "c1", "reader", 1),
+        ],
+    )
+    project_shard(tenant.shard)
+    inboxes = {i.user_id: i for i in ChatInbox.objects.using(tenant.shard).filter(tenant_id=tenant_id)}
+    assert set(inboxes) == {"added", "sender", "reader"}
+    assert (inboxes["reader"].last_read_seq, inboxes["reader"].unread_count) == (1, 1)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "`…/read` by a non-member makes them a member" in readme
