@@ -1,5 +1,5 @@
-"""Hardening of the write path: ids reused with other content, the ledger during a move, queue limits
-that change on live queues, dead-lettering and delayed work."""
+"""Hardening of the write path: ids reused with other content, the ledger while a logical shard moves,
+and the projector's delayed triggers."""
 
 from __future__ import annotations
 
