@@ -1,7 +1,9 @@
 # One image for the API, the workers and beat; docker-compose.yml picks the command.
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# Production settings unless a command says otherwise: they refuse to start without SECRET_KEY and
+# ALLOWED_HOSTS, rather than run with the development defaults.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DJANGO_SETTINGS_MODULE=config.production
 WORKDIR /app
 
 COPY pyproject.toml constraints.txt README.md ./

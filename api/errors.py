@@ -48,6 +48,14 @@ class TooManyWaits(exceptions.APIException):
     wait = float(WAITS_RETRY_AFTER_SECONDS)
 
 
+class TooManyMembers(exceptions.APIException):
+    """Adding these members would take a conversation past ``CHAT_MAX_MEMBERS``."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "too_many_members"
+    default_detail = "A conversation has at most this many members."
+
+
 class ServedByEdge(exceptions.APIException):
     """A hot route reached Django: the API runs without its ASGI edge (``config.asgi``)."""
 

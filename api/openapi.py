@@ -32,6 +32,15 @@ class WritesAccepted(msgspec.Struct):
     ids: list[str]
 
 
+class WriteConflict(msgspec.Struct):
+    """A later write that reused an applied write's id with other content, and was rejected for it."""
+
+    kind: str
+    code: Literal["exists_with_different_fields"]
+    reason: str
+    rejected_at: datetime
+
+
 class WriteStatus(msgspec.Struct):
     id: str
     status: Literal["pending", "applied", "rejected"]
@@ -41,6 +50,8 @@ class WriteStatus(msgspec.Struct):
     code: str | None = None
     reason: str | None = None
     rejected_at: datetime | None = None
+    #: Only on an applied write whose id a later write reused with other content.
+    conflict: WriteConflict | None = None
 
 
 class AsOf(msgspec.Struct):
@@ -130,6 +141,9 @@ class EventStats(msgspec.Struct):
     name: str | None
     #: Non-empty buckets only, by start then name; a missing bucket counted zero events.
     buckets: list[EventBucket]
+    #: More buckets than ``limit``: ask again with ``after=next_after``.
+    has_more: bool
+    next_after: str | None
     as_of: AsOf
     #: How long ago the oldest write not yet counted was applied; 0 when fully caught up.
     lag_seconds: float

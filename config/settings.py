@@ -205,6 +205,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = WRITES_MAX_BODY_BYTES + 1
 READMODELS_REPAIR_WINDOW_HOURS = env_int("READMODELS_REPAIR_WINDOW_HOURS", 48)
 # Upper bound of a read's ?wait= for ?min_position= (read-your-own-write).
 READMODELS_MAX_WAIT_SECONDS = 30
+# Members per conversation: each projector slice of a conversation loads every member's read mark and
+# updates every inbox, so one huge conversation would stall its shard's chat projector. Adding members
+# past it is a 409 (``too_many_members``); senders and readers past it are not made members.
+CHAT_MAX_MEMBERS = env_int("CHAT_MAX_MEMBERS", 1_000)
+# /readyz shares its verdict this long per API process (it opens a broker connection and queries every
+# database); 0 checks on every call.
+READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 2.0)
 # --- Operations ----------------------------------------------------------------------------
 # Functions "(shard) -> list[writes.operations.ProjectionStatus]" that report projection lag and the
 # last repair run; the read side appends its own. The operations page and /metrics show what they return.

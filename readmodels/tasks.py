@@ -38,13 +38,25 @@ def request_projection(shard: str) -> None:
         # The trailing run: one interval after the last one, or now if that is already past.
         run_at = max(now, scheduled + TRIGGER_INTERVAL_SECONDS)
         _next_run[shard] = run_at
-    countdown = run_at - now
+    delay = run_at - now
+    if delay <= 0:
+        _send_projection_task(shard, now)
+        return
+    # The trailing trigger waits here, not in the broker: a ``countdown`` to our direct exchange on
+    # quorum queues is not native delayed delivery (Celery warns, and the worker holding the ETA task
+    # may block). If this process dies before the timer fires, beat's ``project_all`` catches up.
+    timer = threading.Timer(delay, _send_projection_task, args=(shard, now))
+    timer.daemon = True
+    timer.start()
+
+
+def _send_projection_task(shard: str, asked_at: float) -> None:
     try:
-        current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True, countdown=countdown or None)
+        current_app.send_task(PROJECT_TASK, args=[shard], ignore_result=True)
     except Exception:  # the batch is applied; failing its task now would only redeliver it. Beat catches up.
         logger.warning("shard %s: could not trigger the projector; beat will", shard, exc_info=True)
         with _trigger_lock:
-            _next_run[shard] = now - TRIGGER_INTERVAL_SECONDS
+            _next_run[shard] = asked_at - TRIGGER_INTERVAL_SECONDS
 
 
 @shared_task(name=PROJECT_TASK, ignore_result=True)

@@ -62,6 +62,30 @@ ORDER BY seq
 ON CONFLICT (tenant_id, write_id) DO NOTHING
 """
 
+# Staged rows that the insert left out because their id is in the log with other content (another kind,
+# key or payload): ids are idempotency keys, so the repeat is reported, never dropped silently. Run only
+# when the insert took fewer rows than were staged (a redelivery, an id reused): a redelivery is
+# identical and matches nothing here.
+_CONFLICTS = """
+SELECT s.seq, s.tenant_id, s.write_id, s.kind, s.key, s.payload, s.occurred_at, s.received_at, l.kind
+FROM staging_writes s
+JOIN write_log l ON l.tenant_id = s.tenant_id::uuid AND l.write_id = s.write_id::uuid
+WHERE l.kind <> s.kind OR l.key <> s.key OR l.payload <> s.payload::jsonb
+ORDER BY s.seq
+"""
+
+#: The rejection code of a write whose id was used before by a write with other content (TigerBeetle's
+#: ``exists_with_different_fields``). The first write keeps the id; the status shows the conflict.
+EXISTS_WITH_DIFFERENT_FIELDS = "exists_with_different_fields"
+
+
+def conflict_reason(kind: str) -> str:
+    return (
+        f"The id was used before by a {kind} write with other content; ids are idempotency keys, "
+        "so this write was not applied. Send it again with a new id."
+    )
+
+
 # Names the open apply transaction in pg_stat_activity until COMMIT (``SET LOCAL``), e.g.
 # ``apply shard_0 messages=12 writes=4800 event,transfer``: operators (and the fault tests) see how many
 # messages, writes and which kinds each applying transaction holds.
@@ -143,6 +167,24 @@ class _Diversion:
             return
         cursor.execute("DELETE FROM staging_writes WHERE tenant_id = ANY(%s)", [list(leaving)])
         self.rows.update((row[0], row) for row in batch.rows() if row[1] in leaving)
+
+    def take_out_rejected(self, cursor: Any, rejected: list[Rejection]) -> list[Rejection]:
+        """Under the append lock: of the rejections a kind hook decided before it, return those to record
+        here; the rows of a fenced logical shard are forwarded instead, for their new shard to decide
+        (against its accounts and balances, where their status is read)."""
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])  # re-entrant: held if inserted
+        cursor.execute(_FENCES)
+        fenced = {logical for logical, _, _ in cursor.fetchall()}
+        if not fenced:
+            return rejected
+        kept: list[Rejection] = []
+        for rejection in rejected:
+            row = rejection[0]
+            if _logical_shard(row[1]) in fenced:
+                self.rows[row[0]] = row
+            else:
+                kept.append(rejection)
+        return kept
 
 
 def _logical_shard(tenant_id: str) -> int | None:
@@ -316,13 +358,14 @@ def _apply(
         tag = f"apply {shard} messages={len(messages) or 1} writes={received} {kinds}"
         cursor.execute(_TAG, [tag[:63]])
         decisions = []
+        hook_rejected: list[Rejection] = []
         if hooked:
             rows = batch.rows()
             for kind in sorted(hooked):
                 hook = KIND_HOOKS[kind]
                 decision = hook.before_insert(cursor, [row for row in rows if row[3] == kind])
                 decisions.append((hook, decision))
-                rejected.extend(decision.rejected)
+                hook_rejected.extend(decision.rejected)
                 if decision.drop:
                     rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
             batch = _Batch(None, rows)
@@ -331,6 +374,11 @@ def _apply(
             applied = _copy_into_log(cursor, batch, diversion)
         if applied is None:
             applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
+        if hook_rejected and diversion is not None:
+            # Hooks decide before the append lock; whether a row's logical shard is still here is only
+            # known under it (a rejection recorded here for a moving shard would never be read).
+            hook_rejected = diversion.take_out_rejected(cursor, hook_rejected)
+        rejected[:0] = hook_rejected
         for hook, decision in decisions:
             hook.after_insert(cursor, decision)
         if rejected:
@@ -373,8 +421,7 @@ def _apply_isolating(
         with transaction.atomic(using=cursor.db.alias):
             if not first:
                 cursor.execute("DELETE FROM staging_writes")
-            _copy_and_insert(cursor, batch, diversion)
-            return int(cursor.rowcount)
+            return _copy_and_insert(cursor, batch, diversion, rejected)
     except DATA_ERRORS as exc:
         rows = batch.rows()
         if len(rows) == 1:
@@ -410,13 +457,21 @@ def _copy_into_log(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> 
         return None
 
 
-def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> None:
+def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None, rejected: list[Rejection]) -> int:
+    """Stage and insert ``batch``; returns the rows inserted. Rows whose id the log holds with other
+    content are added to ``rejected``."""
     with cursor.cursor.copy(_COPY) as copy:
         copy.write(batch.copy_data())
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
     if diversion is not None:
         diversion.take_out(cursor, batch)
     cursor.execute(_INSERT)
+    inserted = int(cursor.rowcount)
+    if inserted < batch.count:
+        cursor.execute(_CONFLICTS)
+        for *row, stored_kind in cursor.fetchall():
+            rejected.append((tuple(row), EXISTS_WITH_DIFFERENT_FIELDS, conflict_reason(stored_kind)))
+    return inserted
 
 
 def _forward(cursor: Any, shard: str, rows: list[StagedRow]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from django.db import DatabaseError, IntegrityError, transaction
 
-from writes.apply import Rejection, StagedRow
+from writes.apply import EXISTS_WITH_DIFFERENT_FIELDS, Rejection, StagedRow, conflict_reason
 from writes.errors import AccountConflict
 from writes.models import LedgerAccount
 from writes.routing import TenantContext
@@ -104,6 +104,16 @@ _IN_LOG = """
 WITH t AS (SELECT (e->>0)::uuid AS tenant_id, (e->>1)::uuid AS write_id FROM json_array_elements(%s::json) e)
 SELECT l.tenant_id::text, l.write_id::text FROM write_log l
 JOIN t ON l.tenant_id = t.tenant_id AND l.write_id = t.write_id
+"""
+
+# The transfers among those given that the log holds, and whether the stored write is this transfer
+# (same kind, key and payload) or another write that used its id.
+_IN_LOG_AS = """
+WITH t AS (SELECT (e->>0)::uuid AS tenant_id, (e->>1)::uuid AS write_id, e->>2 AS key, e->>3 AS payload
+           FROM json_array_elements(%s::json) e)
+SELECT l.tenant_id::text, l.write_id::text, l.kind,
+       l.kind = 'transfer' AND l.key = t.key AND l.payload = t.payload::jsonb
+FROM write_log l JOIN t ON l.tenant_id = t.tenant_id AND l.write_id = t.write_id
 """
 
 _ADD_TO_BALANCES = """
@@ -226,18 +236,29 @@ class TransferApplyHook:
         already = {(tenant, write_id) for tenant, write_id in cursor.fetchall()}
         guarded_set = set(guarded)
         touching = [
-            (t.tenant_id, t.write_id)
+            (t.tenant_id, t.write_id, t.row[4], t.row[5])
             for t in transfers
             if (t.tenant_id, t.debit) in guarded_set or (t.tenant_id, t.credit) in guarded_set
         ]
+        # An id the log holds with other content is not a redelivery: it is reported (the generic
+        # insert reports the same for transfers that touch no guarded account).
+        taken: dict[WriteKey, str] = {}
         if touching:
-            cursor.execute(_IN_LOG, [_as_json(touching)])
-            already.update((tenant, write_id) for tenant, write_id in cursor.fetchall())
+            cursor.execute(_IN_LOG_AS, [_as_json(touching)])
+            for tenant, write_id, stored_kind, same in cursor.fetchall():
+                if same:
+                    already.add((tenant, write_id))
+                else:
+                    taken[(tenant, write_id)] = stored_kind
 
         for transfer in transfers:
             key = (transfer.tenant_id, transfer.write_id)
             if key in already:
                 decision.drop.add(_raw_key(transfer))  # a redelivery: its first outcome stands
+                continue
+            if key in taken:
+                decision.rejected.append((transfer.row, EXISTS_WITH_DIFFERENT_FIELDS, conflict_reason(taken[key])))
+                decision.drop.add(_raw_key(transfer))
                 continue
             problem = self._problem(transfer, accounts)
             if problem is not None:

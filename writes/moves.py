@@ -194,6 +194,10 @@ def _copy_rows(source: str, target: str, logical_shard: int, *, after: int, chun
         found = cursor.fetchall()
     if not found:
         return 0, after
+    # Every transfer read here was applied on the source, so its accounts existed there when these rows
+    # were read: copied now, the target's hook finds them (an account created during the catch-up,
+    # with a transfer using it, would otherwise reach the target after the transfer).
+    _copy_accounts(source, target, logical_shard)
     rows: list[StagedRow] = [
         (seq, tenant, write_id, kind, key, payload, occurred.isoformat(), received.isoformat())
         for seq, (_, tenant, write_id, kind, key, payload, occurred, received) in enumerate(found)

@@ -33,13 +33,14 @@ from api.edge.database import Handler as ChannelHandler
 from api.edge.database import Listener, Pools
 from api.edge.publisher import EdgePublisher
 from api.edge.waits import Positions, TenantWaits, WriteStatuses
-from api.errors import MalformedGzip, PayloadTooLarge, TooManyWaits, error_answer, error_body
+from api.errors import MalformedGzip, PayloadTooLarge, TooManyMembers, TooManyWaits, error_answer, error_body
 from api.keys import KEYS, is_missing
 from api.params import min_position_param, path_id, read_wait_param, status_wait_param, write_id_param
 from api.throttling import rate_limit_wait
 from readmodels.projections.chat import ChatProjection
 from readmodels.projections.events import EventCounts
 from readmodels.projections.ledger import LedgerProjection
+from readmodels.selectors.chat import MEMBERS_OTHER_THAN_SQL
 from writes.errors import PublishError
 from writes.fates import ABANDON_SQL
 from writes.intake import (
@@ -308,6 +309,30 @@ def _conversation(builder: Callable[[str], RowBuilder[T]], kind: str, item_type:
     return handle
 
 
+async def members(edge: Edge, request: Request, tenant: TenantContext) -> Answer:
+    conversation_id = path_id(request.match.group(1), "conversation_id")
+    limit = settings.CHAT_MAX_MEMBERS
+
+    async def capped_rows(items: list[MembersIn]) -> RowBuilder[MembersIn]:
+        adding = {user_id for item in items for user_id in item.user_ids}
+        others = 0
+        if len(adding) <= limit:
+            try:
+                rows = await edge.pools.fetch(
+                    tenant.shard, MEMBERS_OTHER_THAN_SQL, [tenant.tenant_id, conversation_id, sorted(adding)]
+                )
+                others = int(rows[0][0])
+            except (psycopg.Error, PoolTimeout, OSError):
+                logger.warning("shard %s: member cap check skipped at intake", tenant.shard, exc_info=True)
+        if others + len(adding) > limit:  # the projection holds the cap in any case
+            raise TooManyMembers(
+                f"A conversation has at most {limit} members; it has {others} and this adds {len(adding)}."
+            )
+        return members_rows_for(conversation_id)
+
+    return await _accept(edge, request, tenant, kind="member", item_type=MembersIn, build_rows=capped_rows)
+
+
 async def transfers(edge: Edge, request: Request, tenant: TenantContext) -> Answer:
     async def checked_rows(items: list[TransferIn]) -> RowBuilder[TransferIn]:
         try:
@@ -358,7 +383,7 @@ HOT_ROUTES: list[tuple[re.Pattern[str], str, str, Handler]] = [
         re.compile(r"/api/v1/conversations/([^/]+)/members"),
         "POST",
         "conversation-members",
-        _conversation(members_rows_for, "member", MembersIn),
+        members,
     ),
     (
         re.compile(r"/api/v1/conversations/([^/]+)/read"),

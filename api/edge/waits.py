@@ -23,6 +23,7 @@ from typing import Any
 
 from api.edge.database import Pools
 from api.errors import TooManyWaits
+from writes.apply import EXISTS_WITH_DIFFERENT_FIELDS
 
 WriteKey = tuple[uuid.UUID, uuid.UUID]  # (tenant_id, write_id)
 
@@ -132,8 +133,13 @@ class WriteStatuses:
         writes = [write for _, write in keys]
         rows = await self._pools.fetch(shard, _STATUSES, [tenants, writes, tenants, writes])
         found: dict[WriteKey, dict[str, Any]] = {}
-        for row in rows:
-            found.setdefault((row[0], row[1]), _status_of(row))  # applied wins over a stale rejection
+        for row in sorted(rows, key=lambda row: row[2] != "applied"):
+            key = (row[0], row[1])
+            if key not in found:
+                found[key] = _status_of(row)  # applied wins over a stale rejection
+            elif row[6] == EXISTS_WITH_DIFFERENT_FIELDS:
+                # The id was applied, and later reused by a write with other content: both are shown.
+                found[key]["conflict"] = {k: v for k, v in _status_of(row).items() if k not in ("id", "status")}
         return found
 
     # --- notifications ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, TypeVar
 
 import msgspec
@@ -81,6 +83,32 @@ def healthz(request: Request) -> JsonResponse:
 @permission_classes([AllowAny])
 @throttle_classes([])
 def readyz(request: Request) -> JsonResponse:
+    checks, ready = readiness_verdict()
+    if ready:
+        return JsonResponse({"status": "ready", "checks": checks})
+    body = error_body("not_ready", "A dependency is unavailable.", [checks])
+    return JsonResponse(body, status=503, headers={"Retry-After": "5"})
+
+
+# The verdict is shared for ``READYZ_CACHE_SECONDS`` per process: each check opens a broker connection
+# and queries every database, so probes (or anyone, /readyz needs no key) must not multiply that work.
+# The lock makes concurrent probes wait for one check instead of each running their own.
+_verdict_lock = threading.Lock()
+_verdict: tuple[float, dict[str, str], bool] | None = None
+
+
+def readiness_verdict() -> tuple[dict[str, str], bool]:
+    global _verdict
+    with _verdict_lock:
+        now = time.monotonic()
+        if _verdict is not None and now - _verdict[0] < settings.READYZ_CACHE_SECONDS:
+            return dict(_verdict[1]), _verdict[2]
+        checks, ready = _check_readiness()
+        _verdict = (time.monotonic(), checks, ready)
+        return dict(checks), ready
+
+
+def _check_readiness() -> tuple[dict[str, str], bool]:
     checks: dict[str, str] = {}
     for alias in ["default", *settings.SHARD_ALIASES]:
         try:
@@ -91,11 +119,7 @@ def readyz(request: Request) -> JsonResponse:
             checks[alias] = f"unavailable: {exc.__class__.__name__}"
             connections[alias].close()
     checks["broker"] = "ok" if broker_reachable() else "unavailable"
-    ready = all(value == "ok" for value in checks.values())
-    if ready:
-        return JsonResponse({"status": "ready", "checks": checks})
-    body = error_body("not_ready", "A dependency is unavailable.", [checks])
-    return JsonResponse(body, status=503, headers={"Retry-After": "5"})
+    return checks, all(value == "ok" for value in checks.values())
 
 
 # Queue depth, apply rate, time to drain and projection lag are the system's, not a process's: they are

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import openapi
-from api.params import ParamError, min_position_param, read_wait_param
+from api.params import ParamError, int_param, min_position_param, read_wait_param
 from api.views.health import tenant_of
 from readmodels.projections.events import day_of, hour_of
 from readmodels.selectors.events import Interval, event_counts
@@ -39,6 +39,33 @@ class StatsQuery:
     name: str | None
     min_position: int | None
     wait: float
+    limit: int = MAX_BUCKETS
+    #: The last bucket of the previous page: (its start, its name).
+    after: tuple[datetime, str] | None = None
+
+
+def _after(raw: str, errors: dict[str, str]) -> tuple[datetime, str] | None:
+    """``after``: a page's ``next_after``, ``<bucket start in Unix seconds>:<name>``."""
+    seconds, _, name = raw.partition(":")
+    problem = "The next_after of the previous page."
+    if not (seconds.isascii() and seconds.isdigit() and len(seconds) <= 12) or len(name) > MAX_NAME_LENGTH:
+        errors["after"] = problem
+        return None
+    if "\x00" in name:
+        errors["after"] = problem
+        return None
+    try:
+        moment = datetime.fromtimestamp(int(seconds), UTC)
+    except (ValueError, OverflowError, OSError):
+        moment = LATEST
+    if not EARLIEST <= moment < LATEST:
+        errors["after"] = problem
+        return None
+    return moment, name
+
+
+def next_after(bucket_start: datetime, name: str) -> str:
+    return f"{int(bucket_start.timestamp())}:{name}"
 
 
 # An unencoded "+" in a query string arrives as a space: "…T10:00:00 02:00" meant "+02:00".
@@ -90,11 +117,17 @@ def parse_stats_query(params: QueryDict, *, now: datetime) -> StatsQuery:
             errors["start"] = f"At most {MAX_BUCKETS} {interval}s between start and end."
     min_position = _checked(lambda: min_position_param(params.get("min_position")), errors)
     wait = _checked(lambda: read_wait_param(params.get("wait")), errors) or 0.0
+    limit = _checked(
+        lambda: int_param(params.get("limit"), "limit", default=MAX_BUCKETS, low=1, high=MAX_BUCKETS), errors
+    )
+    raw_after = params.get("after")
+    after = _after(raw_after, errors) if raw_after else None
     if errors:
         raise ValidationError(errors)
     assert start is not None
     assert end is not None
-    return StatsQuery(interval, start, end, name, min_position, wait)  # type: ignore[arg-type]
+    assert limit is not None
+    return StatsQuery(interval, start, end, name, min_position, wait, limit, after)  # type: ignore[arg-type]
 
 
 def _checked(parse: Callable[[], T], errors: dict[str, str]) -> T | None:
@@ -132,6 +165,10 @@ class EventStatsView(APIView):
                 description="ISO 8601; the bucket holding it is the first (default: 24 hours or 30 days before end).",
             ),
             OpenApiParameter("end", str, description="ISO 8601, exclusive (default: now)."),
+            OpenApiParameter(
+                "limit", int, description=f"At most this many buckets, 1 to {MAX_BUCKETS} (default {MAX_BUCKETS})."
+            ),
+            OpenApiParameter("after", str, description="The `next_after` of the previous page, for the next one."),
             OpenApiParameter("min_position", int, description="Wait until the counts include this log position."),
             OpenApiParameter(
                 "wait", float, description="With min_position: wait at most this long (0 to 30, default 30)."
@@ -149,13 +186,19 @@ class EventStatsView(APIView):
             start=query.start,
             end=query.end,
             name=query.name,
+            limit=query.limit + 1,
+            after=query.after,
         )
+        buckets = read.buckets[: query.limit]
+        has_more = len(read.buckets) > query.limit
         body: dict[str, Any] = {
             "interval": query.interval,
             "start": _iso(query.start),
             "end": _iso(query.end),
             "name": query.name,
-            "buckets": [{"name": b.name, "start": _iso(b.start), "count": b.count} for b in read.buckets],
+            "buckets": [{"name": b.name, "start": _iso(b.start), "count": b.count} for b in buckets],
+            "has_more": has_more,
+            "next_after": next_after(buckets[-1].start, buckets[-1].name) if has_more else None,
             "as_of": {"position": read.freshness.position, "time": _iso(read.freshness.time)},
             "lag_seconds": read.freshness.lag_seconds,
             "min_position": query.min_position,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
+
 from readmodels.projections.base import DriftScan, LogRow
 from readmodels.projections.checkpoints import (
     current_checkpoint,
@@ -72,7 +74,9 @@ class ConversationFold:
     sent: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
     def join(self, user_id: str, mark: int) -> None:
-        if user_id not in self.marks:
+        # Past the cap nobody joins (in log order, so replay and repair agree): the API refuses adding
+        # members past it; a sender or reader past it still writes, without an inbox.
+        if user_id not in self.marks and len(self.marks) < settings.CHAT_MAX_MEMBERS:
             self.marks[user_id] = mark
             self.changed.add(user_id)
 

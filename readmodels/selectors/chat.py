@@ -61,3 +61,10 @@ def user_inbox(*, shard: str, tenant_id: uuid.UUID, user_id: str, limit: int) ->
             preview=summary.get("preview", ""),
         )
     return inbox
+
+
+# For the intake of ``POST …/members``: how many members the conversation has besides the ids given
+# (the inbox rows are its members). One indexed count, bounded by ``CHAT_MAX_MEMBERS``.
+MEMBERS_OTHER_THAN_SQL = """
+SELECT count(*) FROM chat_inboxes WHERE tenant_id = %s AND conversation_id = %s AND user_id <> ALL(%s)
+"""

@@ -23,9 +23,14 @@ LEFT JOIN projection_checkpoints AS cp ON cp.projection = %(projection)s
 CROSS JOIN (
     SELECT array_agg(name ORDER BY bucket, name) AS names, array_agg(bucket ORDER BY bucket, name) AS buckets,
            array_agg(count ORDER BY bucket, name) AS counts
-    FROM {table}
-    WHERE tenant_id = %(tenant_id)s AND bucket >= %(start)s AND bucket < %(end)s
-        AND (%(name)s::text IS NULL OR name = %(name)s::text)
+    FROM (
+        SELECT name, bucket, count FROM {table}
+        WHERE tenant_id = %(tenant_id)s AND bucket >= %(start)s AND bucket < %(end)s
+            AND (%(name)s::text IS NULL OR name = %(name)s::text)
+            AND (%(after_bucket)s::timestamptz IS NULL OR (bucket, name) > (%(after_bucket)s, %(after_name)s::text))
+        ORDER BY bucket, name
+        LIMIT %(limit)s
+    ) AS page
 ) AS counts
 """  # noqa: S608 (table names are constants)
     for interval, table in (("hour", HOURLY_TABLE), ("day", DAILY_TABLE))
@@ -46,8 +51,17 @@ class EventCountsRead:
 
 
 def event_counts(
-    *, shard: str, tenant_id: uuid.UUID, interval: Interval, start: datetime, end: datetime, name: str | None
+    *,
+    shard: str,
+    tenant_id: uuid.UUID,
+    interval: Interval,
+    start: datetime,
+    end: datetime,
+    name: str | None,
+    limit: int = 10_000,
+    after: tuple[datetime, str] | None = None,
 ) -> EventCountsRead:
+    """At most ``limit`` buckets by (start, name), those after ``after`` (a page's last bucket)."""
     with connections[shard].cursor() as cursor:
         params: dict[str, Any] = {
             "projection": EventCounts.name,
@@ -55,6 +69,9 @@ def event_counts(
             "start": start,
             "end": end,
             "name": name,
+            "limit": limit,
+            "after_bucket": after[0] if after else None,
+            "after_name": after[1] if after else None,
         }
         cursor.execute(_BUCKETS[interval], params)
         position, at, names, starts, counts = cursor.fetchone()

@@ -48,7 +48,7 @@ NASTY = [
 # reads; each also gets one it does not know.
 ENDPOINTS: list[tuple[str, str, list[str]]] = [
     ("GET", "/api/v1/writes/{}", ["wait"]),
-    ("GET", "/api/v1/stats/events", ["name", "start", "end", "interval", "min_position", "wait"]),
+    ("GET", "/api/v1/stats/events", ["name", "start", "end", "interval", "min_position", "wait", "limit", "after"]),
     ("GET", "/api/v1/conversations/{}", ["min_position"]),
     ("GET", "/api/v1/conversations/{}/messages", ["after", "limit", "min_position"]),
     ("GET", "/api/v1/users/{}/inbox", ["limit", "min_position"]),
