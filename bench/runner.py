@@ -577,10 +577,12 @@ class BenchRun:
         for alias in self.environment.shard_aliases:
             with self.environment.connect(alias) as connection:
                 kinds = [scenario.log_kind] if scenario.log_kind else None
+                # Only the log has kinds; the baselines' table has one row per event and no kind.
+                of_kind = " AND (%s::text[] IS NULL OR kind = ANY(%s::text[]))" if scenario.table == "write_log" else ""
                 rows = connection.execute(
                     f"SELECT extract(epoch FROM applied_at - received_at)::float8 FROM {scenario.table} "  # noqa: S608
-                    "WHERE tenant_id = ANY(%s::uuid[]) AND (%s::text[] IS NULL OR kind = ANY(%s::text[]))",
-                    [tenant_ids, kinds, kinds],
+                    f"WHERE tenant_id = ANY(%s::uuid[]){of_kind}",
+                    [tenant_ids, kinds, kinds] if of_kind else [tenant_ids],
                 ).fetchall()
                 samples.extend(float(r[0]) for r in rows)
         return _percentiles(samples)

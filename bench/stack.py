@@ -69,6 +69,9 @@ class BenchEnvironment:
             "CELERY_BROKER_URL": self.broker_url,
             "SECRET_KEY": secrets.token_urlsafe(32),
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # Plain HTTP on the loopback: production's https redirect and HSTS do not apply.
+            "SECURE_SSL_REDIRECT": "0",
+            "SECURE_HSTS_SECONDS": "0",
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "LOG_LEVEL": "WARNING",
