@@ -62,6 +62,8 @@ class History:
     rejectable: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Writes that reached the queue without the API (the poison test's direct publishes): tenant → ids.
     published_directly: dict[str, list[str]] = field(default_factory=dict)
+    #: Requests sent and not answered yet.
+    on_the_wire: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, attempt: Attempt) -> None:
@@ -98,6 +100,8 @@ class Client:
         started = time.monotonic()
         code = retry_after = None
         error_ids = None
+        with self.history.lock:
+            self.history.on_the_wire += 1
         try:
             if self._connection is None:
                 self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -112,6 +116,9 @@ class Client:
         except (OSError, http.client.HTTPException):
             status = 0
             self.close()
+        finally:
+            with self.history.lock:
+                self.history.on_the_wire -= 1
         if not ids and error_ids:
             ids = list(error_ids)
         result = Attempt(
@@ -285,9 +292,11 @@ class Load:
             return self._accepted[tenant.tenant.id.hex]
 
     def wait_for_accepted(self, count: int, *, timeout: float = 60) -> None:
-        from tests.faults.harness import wait_until
-
-        wait_until(lambda: self.accepted_count() >= count, timeout=timeout, what=f"{count} writes accepted")
+        deadline = time.monotonic() + timeout
+        while self.accepted_count() < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} writes accepted: not true after {timeout}s")
+            time.sleep(0.1)
 
     def stop(self) -> History:
         self._stop.set()
