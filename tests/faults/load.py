@@ -47,6 +47,9 @@ class Attempt:
     started: float  # monotonic
     ended: float
     attempt: int  # 1 for the first try, 2… for retries with the same ids
+    #: For a request of server-id writes: (kind, key, payload) as the log will hold it, so that a write
+    #: from a request that got no answer (its ids unknown to the client) can still be recognised.
+    fingerprint: tuple[str, str, str] | None = None
 
     @property
     def at(self) -> float:
@@ -75,6 +78,11 @@ class History:
             return Counter(a.status for a in self.attempts)
 
 
+def canonical(payload: Any) -> str:
+    """A JSON value as one string, whatever its key order (to compare a request body with a log payload)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
 def _decode_error(raw: bytes) -> tuple[str | None, list[str] | None]:
     try:
         error = json.loads(raw).get("error") or {}
@@ -94,7 +102,15 @@ class Client:
         self._connection: http.client.HTTPConnection | None = None
 
     def post(
-        self, tenant: TenantHandle, path: str, body: Any, *, kind: str, ids: list[str], attempt: int = 1
+        self,
+        tenant: TenantHandle,
+        path: str,
+        body: Any,
+        *,
+        kind: str,
+        ids: list[str],
+        attempt: int = 1,
+        fingerprint: tuple[str, str, str] | None = None,
     ) -> Attempt:
         headers = {"Authorization": f"Bearer {tenant.api_key}", "Content-Type": "application/json"}
         started = time.monotonic()
@@ -122,7 +138,17 @@ class Client:
         if not ids and error_ids:
             ids = list(error_ids)
         result = Attempt(
-            str(tenant.tenant.id), kind, ids, status, code, retry_after, error_ids, started, time.monotonic(), attempt
+            str(tenant.tenant.id),
+            kind,
+            ids,
+            status,
+            code,
+            retry_after,
+            error_ids,
+            started,
+            time.monotonic(),
+            attempt,
+            fingerprint if not ids else None,
         )
         self.history.record(result)
         return result
@@ -267,14 +293,19 @@ class Load:
         with self._lock:
             self._requests += 1
             retry = self._requests % 2 == 0  # every other request is retried if refused; the rest give up
+        fingerprint = None
+        if not ids:  # server ids: what the log will hold, to recognise a write whose request got no answer
+            fingerprint = (kind, path.split("/")[4], canonical(body))
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            answer = client.post(tenant, path, body, kind=kind, ids=ids, attempt=attempt)
+            answer = client.post(tenant, path, body, kind=kind, ids=ids, attempt=attempt, fingerprint=fingerprint)
             if answer.status == 202:
                 with self._lock:
                     self._accepted[tenant.tenant.id.hex] += len(answer.ids)
                 return
             if answer.status not in RETRIED_STATUSES or not retry or self._stop.is_set():
                 time.sleep(0.05)
+                return
+            if not answer.ids:  # no answer and no ids of its own: sending it again would be a new write
                 return
             if not ids and answer.ids and "id" not in body:  # a server id: send it back with the retry
                 ids = answer.ids

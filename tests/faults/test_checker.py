@@ -17,7 +17,7 @@ from django.db import connections
 from readmodels.projector import project_shard
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
 from tests.faults.checker import Verdict, check
-from tests.faults.load import Attempt, History
+from tests.faults.load import Attempt, History, canonical
 from writes.apply import apply_batch
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
@@ -220,3 +220,17 @@ def test_checker_catches_a_currency_that_no_longer_sums_to_zero_and_a_guarded_ba
     verdict = run.verdict()
     checks = {v["check"] for v in verdict.samples["ledger_invariant_violations"]}
     assert checks == {"currency_sum", "guarded_balance"}
+
+
+def test_checker_recognises_the_server_id_write_of_a_request_that_got_no_answer(run):
+    body = {"user_id": "bob", "up_to": 2}
+    moment = time.monotonic()
+    fingerprint = ("read", "room", canonical(body))
+    run.history.record(Attempt(run.tenant_id, "read", [], 0, None, None, None, moment, moment, 1, fingerprint))
+    run.apply("read", [[run.new_id(), "room", json.dumps(body), run.now()]])
+    verdict = run.verdict()
+    assert verdict.problems() == {}
+    assert verdict.indeterminate_applied == 1
+    # A second such write was never sent: one unanswered request accounts for one write only.
+    run.apply("read", [[run.new_id(), "room", json.dumps(body), run.now()]])
+    assert run.verdict().applied_never_sent == 1

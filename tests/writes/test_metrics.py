@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +66,22 @@ def test_metrics_scraped_during_load_move_and_match_the_applied_rows(live_worker
         assert set(first_half + second_half) == {202}
         total = REQUESTS * PER_REQUEST
         wait_until(lambda: WriteLog.objects.using(tenant.shard).filter(tenant_id=tenant.tenant.id).count() == total)
-        time.sleep(CACHE_SECONDS + 0.2)  # scrapes within CACHE_SECONDS share one reading of queues and logs
+        # The worker counts its rows just after COMMIT, and scrapes within CACHE_SECONDS share one reading
+        # of queues and logs: wait until both show the end of the load rather than sleeping a fixed time.
+        last = WriteLog.objects.using(tenant.shard).order_by("-position").values_list("position", flat=True).first()
+
+        def worker_applied(text: str) -> float:
+            return value(text, "writes_rows_applied_total", shard=tenant.shard) - value(
+                worker_before, "writes_rows_applied_total", shard=tenant.shard
+            )
+
+        def api_caught_up(text: str) -> bool:
+            return value(text, "writes_log_last_position", shard=tenant.shard) == last and (
+                value(text, "writes_queue_depth", shard=tenant.shard) == 0
+            )
+
+        wait_until(lambda: worker_applied(live_worker.metrics()) >= total)
+        wait_until(lambda: api_caught_up(scrape(f"{api.url}/metrics")), timeout=CACHE_SECONDS * 10 + 10)
         api_after = scrape(f"{api.url}/metrics")
         worker_after = live_worker.metrics()
     finally:
@@ -104,7 +118,6 @@ def test_metrics_scraped_during_load_move_and_match_the_applied_rows(live_worker
     assert value(api_after, "writes_queue_depth", shard=tenant.shard) == 0
     assert value(api_after, "writes_queue_consumers", shard=tenant.shard) >= 1
     assert value(api_after, "writes_queue_seconds_to_drain", shard=tenant.shard) == 0
-    last = WriteLog.objects.using(tenant.shard).order_by("-position").values_list("position", flat=True).first()
     assert value(api_after, "writes_log_last_position", shard=tenant.shard) == last
     assert value(api_after, "writes_apply_rate_rows_per_second", shard=tenant.shard) > 0
 
