@@ -159,8 +159,8 @@ class Client:
         self._connection = None
 
 
-def create_accounts(port: int, tenant: TenantHandle, history: History) -> None:
-    """The ledger accounts the transfers use (synchronous: created, or already there)."""
+def prepare_tenant(port: int, tenant: TenantHandle, history: History) -> None:
+    """The ledger accounts the transfers use (created synchronously) and the conversations' members."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
     try:
         for account_id, guarded in ACCOUNTS:
@@ -211,7 +211,7 @@ class Load:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         for tenant in tenants:
-            create_accounts(port, tenant, self.history)
+            prepare_tenant(port, tenant, self.history)
         self._threads = [
             threading.Thread(target=self._run, args=(n, random.Random(seed * 1000 + n)), daemon=True)
             for n in range(threads)
