@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -87,6 +88,11 @@ def terminate(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+# Each worker's node name is its own: two live at once under one name would fight over its
+# exclusive remote-control queue, and the second would exit (RESOURCE_LOCKED).
+_worker_numbers = itertools.count(1)
+
+
 class Worker:
     """One ``celery worker`` process consuming the given queues, exporting its metrics on ``metrics_port``."""
 
@@ -105,7 +111,7 @@ class Worker:
         self._log = self.log_path.open("a")
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker",
-            "-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
+            "-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}-{os.getpid()}-{next(_worker_numbers)}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
         ]  # fmt: skip
         self._log_start = self.log_path.stat().st_size

@@ -66,24 +66,26 @@ def test_metrics_scraped_during_load_move_and_match_the_applied_rows(live_worker
         assert set(first_half + second_half) == {202}
         total = REQUESTS * PER_REQUEST
         wait_until(lambda: WriteLog.objects.using(tenant.shard).filter(tenant_id=tenant.tenant.id).count() == total)
-        # The worker counts its rows just after COMMIT, and scrapes within CACHE_SECONDS share one reading
-        # of queues and logs: wait until both show the end of the load rather than sleeping a fixed time.
+        # The worker counts its rows just after COMMIT, and each API process caches its reading of queues
+        # and logs for CACHE_SECONDS: scrape until what is read shows the end of the load (the scrape
+        # that does is the one checked) rather than sleeping a fixed time.
         last = WriteLog.objects.using(tenant.shard).order_by("-position").values_list("position", flat=True).first()
+        scraped: dict[str, str] = {}
 
-        def worker_applied(text: str) -> float:
-            return value(text, "writes_rows_applied_total", shard=tenant.shard) - value(
-                worker_before, "writes_rows_applied_total", shard=tenant.shard
+        def worker_done() -> bool:
+            scraped["worker"] = live_worker.metrics()
+            applied = value(scraped["worker"], "writes_rows_applied_total", shard=tenant.shard)
+            return applied - value(worker_before, "writes_rows_applied_total", shard=tenant.shard) >= total
+
+        def api_caught_up() -> bool:
+            scraped["api"] = scrape(f"{api.url}/metrics")
+            return value(scraped["api"], "writes_log_last_position", shard=tenant.shard) == last and (
+                value(scraped["api"], "writes_queue_depth", shard=tenant.shard) == 0
             )
 
-        def api_caught_up(text: str) -> bool:
-            return value(text, "writes_log_last_position", shard=tenant.shard) == last and (
-                value(text, "writes_queue_depth", shard=tenant.shard) == 0
-            )
-
-        wait_until(lambda: worker_applied(live_worker.metrics()) >= total)
-        wait_until(lambda: api_caught_up(scrape(f"{api.url}/metrics")), timeout=CACHE_SECONDS * 10 + 10)
-        api_after = scrape(f"{api.url}/metrics")
-        worker_after = live_worker.metrics()
+        wait_until(worker_done)
+        wait_until(api_caught_up, timeout=CACHE_SECONDS * 10 + 10)
+        api_after, worker_after = scraped["api"], scraped["worker"]
     finally:
         api.stop()
 
