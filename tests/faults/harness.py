@@ -83,6 +83,7 @@ class ApiServer:
     def __init__(self, *, environment: dict[str, str] | None = None, workers: int = 2) -> None:
         self.port = free_port()
         self.log_path = ROOT / "var" / f"api-faults-{os.getpid()}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no var/ yet
         self._log = self.log_path.open("a")
         env = {
             **stack_environment(),
