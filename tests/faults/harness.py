@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import OperationalError, connections
 
 from tests.conftest import TenantHandle
@@ -329,7 +328,3 @@ def shard_unavailable(alias: str) -> Iterator[None]:
             yield
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-
-
-def settings_prefix() -> str:
-    return str(settings.WRITES_QUEUE_PREFIX)
