@@ -31,7 +31,8 @@ def _worker(evidence: dict[str, Any]) -> str:
 
 def _broker(evidence: dict[str, Any]) -> str:
     return (
-        f"down {evidence.get('seconds_down')} s; all {evidence.get('answers_while_down')} answers meanwhile "
+        f"down {evidence.get('seconds_down')} s; all {evidence.get('answers_while_down')} answers to requests "
+        f"sent and answered in its first {evidence.get('seconds_judged_down')} s: "
         f"{'/'.join(str(s) for s in evidence.get('answers_while_down_by_status', []))} with `Retry-After`"
     )
 
