@@ -326,8 +326,16 @@ class Load:
         deadline = time.monotonic() + timeout
         while self.accepted_count() < count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{count} writes accepted: not true after {timeout}s")
+                raise AssertionError(f"{count} writes accepted: not true after {timeout}s; {self.progress()}")
             time.sleep(0.1)
+
+    def progress(self) -> str:
+        """What the client saw lately, for a failure message: answers of the last 10 s by kind, on the wire."""
+        recent = time.monotonic() - 10
+        with self.history.lock:
+            lately = Counter(f"{a.kind} {a.status}" for a in self.history.attempts if a.ended > recent)
+            on_the_wire = self.history.on_the_wire
+        return f"answers in the last 10 s: {dict(lately)}, requests on the wire: {on_the_wire}"
 
     def stop(self) -> History:
         self._stop.set()
