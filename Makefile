@@ -44,9 +44,11 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 # Fault tests under load (worker/API SIGKILL, broker restart, shard outage, poison): a few minutes,
-# so not part of `make test`; CI runs them after it. Numbers land in var/faults/*.json.
+# so not part of `make test`; CI runs them after it. Figures land in var/faults/*.json, and the table
+# drawn from them is printed (`python -m tests.faults.report --update-readme` puts it in the README).
 faults: $(STAMP)
 	$(BIN)/python -m pytest -m faults
+	$(BIN)/python -m tests.faults.report
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

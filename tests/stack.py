@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -87,6 +88,11 @@ def terminate(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+# Each worker's node name is its own: two live at once under one name would fight over its
+# exclusive remote-control queue, and the second would exit (RESOURCE_LOCKED).
+_worker_numbers = itertools.count(1)
+
+
 class Worker:
     """One ``celery worker`` process consuming the given queues, exporting its metrics on ``metrics_port``."""
 
@@ -103,9 +109,10 @@ class Worker:
         self.log_path = ROOT / "var" / f"worker-{name}-{os.getpid()}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("a")
+        self.node = f"{name}-{os.getpid()}-{next(_worker_numbers)}@{socket.gethostname()}"
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker",
-            "-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h",
+            "-Q", ",".join(queues), "-c", str(concurrency), "-n", self.node,
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
         ]  # fmt: skip
         self._log_start = self.log_path.stat().st_size
@@ -127,6 +134,21 @@ class Worker:
 
     def metrics(self) -> str:
         return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until the worker runs no task and holds none in reserve (a task's last steps, such as the
+        metrics it counts after COMMIT, are then done)."""
+        from config.celery import app
+
+        deadline = time.monotonic() + timeout
+        while True:
+            inspect = app.control.inspect(destination=[self.node], timeout=1.0)
+            active, reserved = inspect.active() or {}, inspect.reserved() or {}
+            if self.node in active and not active[self.node] and not reserved.get(self.node):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.node} still busy after {timeout}s: {active} {reserved}")
+            time.sleep(0.1)
 
     def log_text(self) -> str:
         """What this process wrote (the log file may hold earlier workers' lines too)."""

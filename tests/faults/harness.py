@@ -1,5 +1,5 @@
-"""The pieces fault tests are built from: a real API server, a steady load of posted writes, a private
-RabbitMQ node, and the final count (every write answered 202 applied exactly once)."""
+"""The pieces fault tests are built from: a real API server, a private RabbitMQ node, a shard made
+unreachable, the evidence that a fault struck where it claims, and each run's result file."""
 
 from __future__ import annotations
 
@@ -13,24 +13,35 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import OperationalError, connections
 
 from tests.conftest import TenantHandle
+from tests.faults.checker import Verdict
+from tests.faults.load import Attempt, History, Load
 from tests.stack import ROOT, stack_environment
 from writes.management.commands.serve_api import api_command, api_environment
-from writes.models import RejectedWrite, WriteLog
+from writes.models import WriteLog
 
 RESULTS_DIR = ROOT / "var" / "faults"
+ADMIN_URL = os.environ.get("FAULTS_ADMIN_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+#: The figures every ``var/faults/<fault>.json`` starts with (the README's table shows them).
+RESULT_FIGURES = (
+    "accepted",
+    "applied",
+    "legitimately_rejected",
+    "lost",
+    "duplicated",
+    "wrongly_rejected",
+    "refused_then_applied",
+    "read_model_mismatches",
+    "ledger_invariant_violations",
+    "applied_never_sent",
+)
 
 
 def free_port() -> int:
@@ -71,6 +82,7 @@ class ApiServer:
     def __init__(self, *, environment: dict[str, str] | None = None, workers: int = 2) -> None:
         self.port = free_port()
         self.log_path = ROOT / "var" / f"api-faults-{os.getpid()}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no var/ yet
         self._log = self.log_path.open("a")
         env = {
             **stack_environment(),
@@ -118,83 +130,6 @@ class ApiServer:
         self._log.close()
 
 
-@dataclass
-class Response:
-    at: float  # monotonic time the answer arrived
-    status: int  # 0: no HTTP answer (connection refused or reset)
-    retry_after: str | None
-
-
-@dataclass
-class LoadResult:
-    accepted: dict[uuid.UUID, list[str]] = field(default_factory=dict)  # tenant → ids answered 202
-    responses: list[Response] = field(default_factory=list)
-
-    @property
-    def accepted_count(self) -> int:
-        return sum(len(ids) for ids in self.accepted.values())
-
-    def statuses(self) -> Counter[int]:
-        return Counter(r.status for r in self.responses)
-
-
-class Load:
-    """Threads posting event batches with client-chosen ids to the API, round robin over the tenants."""
-
-    def __init__(self, port: int, tenants: list[TenantHandle], *, threads: int = 4, batch: int = 100) -> None:
-        self.port = port
-        self.tenants = tenants
-        self.batch = batch
-        self.result = LoadResult(accepted={t.tenant.id: [] for t in tenants})
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, number: int) -> None:
-        connection: http.client.HTTPConnection | None = None
-        sent = number
-        while not self._stop.is_set():
-            tenant = self.tenants[sent % len(self.tenants)]
-            sent += 1
-            ids = [str(uuid.uuid4()) for _ in range(self.batch)]
-            body = json.dumps({"batch": [{"id": i, "name": f"load-{n % 5}", "properties": {"n": n}} for n, i in
-                                         enumerate(ids)]})  # fmt: skip
-            headers = {"Authorization": f"Bearer {tenant.api_key}", "Content-Type": "application/json"}
-            try:
-                if connection is None:
-                    connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-                connection.request("POST", "/api/v1/events", body=body, headers=headers)
-                answer = connection.getresponse()
-                answer.read()
-                status, retry_after = answer.status, answer.getheader("Retry-After")
-            except (OSError, http.client.HTTPException):
-                status, retry_after = 0, None
-                if connection is not None:
-                    connection.close()
-                connection = None
-            with self._lock:
-                self.result.responses.append(Response(time.monotonic(), status, retry_after))
-                if status == 202:
-                    self.result.accepted[tenant.tenant.id].extend(ids)
-            if status != 202:
-                time.sleep(0.05)  # what a client honouring Retry-After would do, shortened
-
-    def accepted_count(self) -> int:
-        with self._lock:
-            return self.result.accepted_count
-
-    def wait_for_accepted(self, count: int, *, timeout: float = 60) -> None:
-        wait_until(lambda: self.accepted_count() >= count, timeout=timeout, what=f"{count} writes accepted")
-
-    def stop(self) -> LoadResult:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        return self.result
-
-
 def applied_count(tenants: list[TenantHandle], *, attempts: int = 10) -> int:
     for attempt in range(attempts):
         try:
@@ -215,76 +150,70 @@ def in_flight(load: Load, tenants: list[TenantHandle]) -> int:
     return max(0, load.accepted_count() - applied_count(tenants))
 
 
-@dataclass
-class Outcome:
-    fault: str
-    accepted: int
-    applied: int
-    rejected: int
-    lost: int
-    duplicated: int
-    in_flight_at_fault: int
-    statuses: dict[str, int]
-    extra: dict[str, Any]
+def write_result(
+    fault: str, verdict: Verdict, *, in_flight_at_fault: int, evidence: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``var/faults/<fault>.json``: the checker's figures first, then how the fault struck."""
+    headline = {name: getattr(verdict, name) for name in RESULT_FIGURES}
+    result = {
+        "fault": fault,
+        **headline,
+        "in_flight_at_fault": in_flight_at_fault,
+        "evidence": evidence or {},
+        "verdict": verdict.as_dict(),
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{fault}.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
 
-    def write(self) -> None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / f"{self.fault}.json").write_text(json.dumps(self.__dict__, indent=2, default=str))
+
+def requests_cut(history: History, moment: float) -> list[Attempt]:
+    """Requests that were on the wire at ``moment`` and never got an answer."""
+    with history.lock:
+        return [a for a in history.attempts if a.status == 0 and a.started <= moment <= a.ended]
 
 
-def count_outcome(
-    fault: str,
-    tenants: list[TenantHandle],
-    result: LoadResult,
-    *,
-    in_flight_at_fault: int,
-    timeout: float = 120,
-    extra: dict[str, Any] | None = None,
-) -> Outcome:
-    """Wait until every accepted write is applied or rejected, then count losses and duplicates."""
-    by_tenant = {t.tenant.id: t for t in tenants}
+class BatchWatch:
+    """Spots a worker inside an open transaction on a shard, from ``pg_stat_activity``, over one
+    connection kept open so that the gap between seeing it and killing the worker stays small."""
 
-    def settled() -> tuple[int, int, int]:
-        applied = rejected = duplicated = 0
-        for tenant_id, ids in result.accepted.items():
-            shard = by_tenant[tenant_id].shard
-            connections[shard].close_if_unusable_or_obsolete()
-            rows = WriteLog.objects.using(shard).filter(tenant_id=tenant_id, write_id__in=ids)
-            applied_ids = list(rows.values_list("write_id", flat=True))
-            applied += len(set(applied_ids))
-            duplicated += len(applied_ids) - len(set(applied_ids))
-            rejected += RejectedWrite.objects.using(shard).filter(tenant_id=tenant_id, write_id__in=ids).count()
-        return applied, rejected, duplicated
+    _OPEN_TRANSACTION = """
+        SELECT pid, application_name, state, extract(epoch FROM now() - xact_start) * 1000, left(query, 160)
+        FROM pg_stat_activity
+        WHERE datname = %s AND backend_type = 'client backend' AND application_name = ANY(%s)
+          AND xact_start IS NOT NULL AND state IN ('active', 'idle in transaction')
+          AND query NOT ILIKE 'commit%%'
+        LIMIT 1
+    """
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            applied, rejected, duplicated = settled()
-        except OperationalError:  # e.g. "too many clients" on a shared server: ask again
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-            continue
-        if applied + rejected >= result.accepted_count or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    # Everything this tenant has on its shard, accepted or not, appears once per id.
-    for tenant in tenants:
-        rows = WriteLog.objects.using(tenant.shard).filter(tenant_id=tenant.tenant.id)
-        duplicated += rows.count() - rows.values("write_id").distinct().count()
-    outcome = Outcome(
-        fault=fault,
-        accepted=result.accepted_count,
-        applied=applied,
-        rejected=rejected,
-        lost=result.accepted_count - applied - rejected,
-        duplicated=duplicated,
-        in_flight_at_fault=in_flight_at_fault,
-        statuses={str(k): v for k, v in sorted(result.statuses().items())},
-        extra=extra or {},
-    )
-    outcome.write()
-    return outcome
+    def __init__(self) -> None:
+        import psycopg
+
+        self._connection = psycopg.connect(ADMIN_URL, autocommit=True)
+
+    def open_transaction(self, alias: str, applications: list[str]) -> dict[str, Any] | None:
+        name = connections[alias].settings_dict["NAME"]
+        row = self._connection.execute(self._OPEN_TRANSACTION, [name, applications]).fetchone()
+        if row is None:
+            return None
+        seen_at = time.monotonic()
+        pid, application, state, age_ms, query = row
+        return {
+            "seen_at": seen_at,
+            "shard": alias,
+            "backend_pid": pid,
+            "application_name": application,
+            "state": state,
+            "transaction_age_ms": round(float(age_ms), 1),
+            "query": query,
+        }
+
+    def backend_gone(self, pid: int) -> bool:
+        row = self._connection.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+        return row is not None and int(row[0]) == 0
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 class PrivateRabbit:
@@ -391,8 +320,7 @@ def shard_unavailable(alias: str) -> Iterator[None]:
 
     name = connections[alias].settings_dict["NAME"]
     assert name.startswith("test_"), "only ever a test database"
-    admin_url = os.environ.get("FAULTS_ADMIN_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    with psycopg.connect(admin_url, autocommit=True) as admin:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
         connections[alias].close()
@@ -400,22 +328,3 @@ def shard_unavailable(alias: str) -> Iterator[None]:
             yield
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-
-
-def backends_mid_transaction(alias: str) -> int:
-    """Worker connections to this shard that are inside a transaction right now (mid-batch)."""
-    import psycopg
-
-    name = connections[alias].settings_dict["NAME"]
-    admin_url = os.environ.get("FAULTS_ADMIN_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND xact_start IS NOT NULL "
-            "AND pid <> pg_backend_pid() AND state <> 'idle'",
-            [name],
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def settings_prefix() -> str:
-    return str(settings.WRITES_QUEUE_PREFIX)

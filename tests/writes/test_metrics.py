@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -67,9 +66,26 @@ def test_metrics_scraped_during_load_move_and_match_the_applied_rows(live_worker
         assert set(first_half + second_half) == {202}
         total = REQUESTS * PER_REQUEST
         wait_until(lambda: WriteLog.objects.using(tenant.shard).filter(tenant_id=tenant.tenant.id).count() == total)
-        time.sleep(CACHE_SECONDS + 0.2)  # scrapes within CACHE_SECONDS share one reading of queues and logs
-        api_after = scrape(f"{api.url}/metrics")
-        worker_after = live_worker.metrics()
+        # The worker counts its rows just after COMMIT, and each API process caches its reading of queues
+        # and logs for CACHE_SECONDS: scrape until what is read shows the end of the load (the scrape
+        # that does is the one checked) rather than sleeping a fixed time.
+        last = WriteLog.objects.using(tenant.shard).order_by("-position").values_list("position", flat=True).first()
+        scraped: dict[str, str] = {}
+
+        def worker_done() -> bool:
+            scraped["worker"] = live_worker.metrics()
+            applied = value(scraped["worker"], "writes_rows_applied_total", shard=tenant.shard)
+            return applied - value(worker_before, "writes_rows_applied_total", shard=tenant.shard) >= total
+
+        def api_caught_up() -> bool:
+            scraped["api"] = scrape(f"{api.url}/metrics")
+            return value(scraped["api"], "writes_log_last_position", shard=tenant.shard) == last and (
+                value(scraped["api"], "writes_queue_depth", shard=tenant.shard) == 0
+            )
+
+        wait_until(worker_done)
+        wait_until(api_caught_up, timeout=CACHE_SECONDS * 10 + 10)
+        api_after, worker_after = scraped["api"], scraped["worker"]
     finally:
         api.stop()
 
@@ -104,7 +120,6 @@ def test_metrics_scraped_during_load_move_and_match_the_applied_rows(live_worker
     assert value(api_after, "writes_queue_depth", shard=tenant.shard) == 0
     assert value(api_after, "writes_queue_consumers", shard=tenant.shard) >= 1
     assert value(api_after, "writes_queue_seconds_to_drain", shard=tenant.shard) == 0
-    last = WriteLog.objects.using(tenant.shard).order_by("-position").values_list("position", flat=True).first()
     assert value(api_after, "writes_log_last_position", shard=tenant.shard) == last
     assert value(api_after, "writes_apply_rate_rows_per_second", shard=tenant.shard) > 0
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ from django.db import connections
 from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
+from tests.stack import queue_depth
 from tests.writes.test_e2e_events import wait_until
 from tests.writes.test_ledger_apply import group, transfer
 from tests.writes.test_metrics import value
@@ -27,7 +27,7 @@ from writes.apply import apply_batch
 from writes.ledger import account_create
 from writes.models import LedgerAccount, MovedLogicalShard, RejectedWrite, ShardMap, WriteLog
 from writes.moves import _drain_hold_queue, _set_fence_on, logical_shard_move
-from writes.queues import hold_queue
+from writes.queues import hold_queue, shard_queue
 from writes.routing import TenantContext
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)]
@@ -121,7 +121,9 @@ def test_move_logical_shard_while_writes_flow_applies_every_accepted_write_once_
     assert "shard map switched" in output.getvalue()
 
     # The API routes by the new map at once (no stale cache): new writes are not detoured via shard_0.
-    time.sleep(1)  # a forwarding task counts its diverted rows just after COMMIT: let the last one finish
+    # A forwarding task counts its diverted rows just after COMMIT: wait until the last one has finished.
+    wait_until(lambda: queue_depth(shard_queue("shard_0")) == 0, timeout=30)
+    live_worker.wait_idle()
     diverted = value(live_worker.metrics(), "writes_rows_diverted_total", shard="shard_0")
     response = mover.post_json("/api/v1/events", {"batch": [{"name": "after"} for _ in range(5)]})
     assert response.status_code == 202

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,6 +99,21 @@ def chromium_driver() -> Any:
     return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
 
 
+def shards_table(driver: Any) -> dict[str, dict[str, str]]:
+    """The shards table as the page shows it now: shard → {last_position, queue_depth} (text)."""
+    found: dict[str, dict[str, str]] = driver.execute_script(
+        """
+        const rows = {};
+        for (const tr of document.querySelectorAll("#shards tbody tr")) {
+            const text = (selector) => (tr.querySelector(selector) || {}).textContent || "";
+            rows[tr.dataset.shard] = {last_position: text(".last-position"), queue_depth: text(".queue-depth")};
+        }
+        return rows;
+        """
+    )
+    return found
+
+
 def digits(text: str) -> str:
     return "".join(c for c in text if c.isdigit())
 
@@ -123,22 +137,21 @@ def test_operations_page_in_a_browser_shows_shards_and_refreshes_itself(live_ser
         driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
         wait = WebDriverWait(driver, 15)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-shard="shard_1"]'))
-        rows = {
-            row.get_attribute("data-shard"): row for row in driver.find_elements(By.CSS_SELECTOR, "#shards tbody tr")
-        }
-        assert set(rows) == {"shard_0", "shard_1"}
+        # The page redraws its table every second, replacing the rows: each check reads the table afresh,
+        # in one script call (so a redraw cannot happen halfway), rather than keeping elements around.
         position = WriteLog.objects.using("shard_0").order_by("-position").values_list("position", flat=True)[0]
-        assert digits(rows["shard_0"].find_element(By.CSS_SELECTOR, ".last-position").text) == str(position)
-        assert rows["shard_0"].find_element(By.CSS_SELECTOR, ".queue-depth").text != "—"
+        wait.until(lambda d: digits(shards_table(d).get("shard_0", {}).get("last_position", "")) == str(position))
+        table = shards_table(driver)
+        assert set(table) == {"shard_0", "shard_1"}
+        assert table["shard_0"]["queue_depth"] not in ("", "—")
         assert "Dead-letter queue" in driver.find_element(By.ID, "operations").text
 
         # New writes show up without reloading the page.
         newer = apply_events("shard_0", 40)
-        deadline = time.monotonic() + 10
-        cell = 'tr[data-shard="shard_0"] .last-position'
-        while digits(driver.find_element(By.CSS_SELECTOR, cell).text) != str(newer):
-            assert time.monotonic() < deadline, "the page did not refresh itself"
-            time.sleep(0.2)
+        WebDriverWait(driver, 10).until(
+            lambda d: digits(shards_table(d).get("shard_0", {}).get("last_position", "")) == str(newer),
+            "the page did not refresh itself",
+        )
 
         shots = ROOT / "var" / "screenshots"
         shots.mkdir(parents=True, exist_ok=True)
