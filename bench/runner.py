@@ -696,35 +696,28 @@ def role_cpu_seconds(stack: Stack) -> dict[str, float]:
 
 
 def _run_loadgen(spec: LoadSpec) -> dict[str, Any]:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen"],
-        input=json.dumps(asdict(spec)),
-        capture_output=True,
-        text=True,
-        timeout=spec.duration + 120,
-        check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"load generator failed:\n{completed.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(completed.stdout)
-    return result
+    return _run_load_process("bench.loadgen", asdict(spec), timeout=spec.duration + 120)
 
 
 def _run_client_load(spec: LoadSpec) -> dict[str, Any]:
-    """The ``client`` scenario's load: ``bench.client_load`` in a process of its own, as the loadgen."""
+    """The ``client`` scenario's load: ``bench.client_load`` (producers using the client library)."""
     client_spec = {"url": f"http://{spec.host}:{spec.port}", "api_keys": spec.api_keys, "duration": spec.duration}
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.client_load"],
-        input=json.dumps(client_spec),
+    return _run_load_process("bench.client_load", client_spec, timeout=spec.duration + 180)
+
+
+def _run_load_process(module: str, spec: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """A load generator in a process of its own: its spec as JSON on stdin, its result as JSON on stdout."""
+    completed = subprocess.run(  # noqa: S603 (our own modules, by name)
+        [sys.executable, "-m", module],
+        input=json.dumps(spec),
         capture_output=True,
         text=True,
-        timeout=spec.duration + 180,
+        timeout=timeout,
         check=False,
         cwd=Path(__file__).resolve().parent.parent,
     )
     if completed.returncode != 0:
-        raise RuntimeError(f"client load failed:\n{completed.stderr[-4000:]}")
+        raise RuntimeError(f"{module} failed:\n{completed.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(completed.stdout)
     return result
 
