@@ -245,7 +245,7 @@ def judge_ids(history: History, tenant_shards: Mapping[str, str], verdict: Verdi
                     verdict.applied_never_sent += 1
                     verdict.sample("applied_never_sent", {"id": write_id, "content": fingerprint})
         for write_id in by_tenant.get(tenant_id, []):
-            _, kind, accepted, refused, unanswered = seen[write_id]
+            _, kind, accepted, refused, no_answer = seen[write_id]
             in_log = write_id in logged
             code = rejected.get(write_id)
             if accepted:
@@ -264,7 +264,7 @@ def judge_ids(history: History, tenant_shards: Mapping[str, str], verdict: Verdi
                 else:
                     verdict.lost += 1
                     verdict.sample("lost", {"id": write_id, "kind": kind})
-            elif unanswered:
+            elif no_answer:
                 verdict.indeterminate += 1
                 verdict.indeterminate_applied += in_log
             elif refused:
