@@ -144,7 +144,9 @@ def _end_backends_of(shard: str, application: str) -> None:
     name = connections[shard].settings_dict["NAME"]
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            # While applying, a worker's session names its transaction ("apply shard_0 messages=…").
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND (application_name = %s OR application_name LIKE 'apply %%')",
             [name, application],
         )
 
