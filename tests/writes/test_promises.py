@@ -79,9 +79,10 @@ def test_queue_over_its_byte_bound_answers_503_queue_full_with_retry_after():
 
 
 def test_readyz_answers_503_with_retry_after_when_the_broker_does_not_answer():
-    with edge_server() as server:
+    # No cached verdict (READYZ_CACHE_SECONDS): each probe checks, so the second sees the broker gone.
+    with edge_server(READYZ_CACHE_SECONDS=0) as server:
         assert server.client().get("/readyz").status_code == 200
-    with edge_server(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//") as server:
+    with edge_server(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//", READYZ_CACHE_SECONDS=0) as server:
         response = server.client().get("/readyz")
     assert response.status_code == 503
     assert response["Retry-After"]
@@ -155,7 +156,8 @@ def _hanging_in_apply(shard: str, application: str) -> bool:
     name = connections[shard].settings_dict["NAME"]
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND (application_name = %s OR application_name LIKE 'apply %%')"
             " AND state = 'active' AND wait_event = 'PgSleep'",
             [name, application],
         ).fetchone()
