@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.management.base import CommandError
-from django.db import OperationalError
+from django.db import OperationalError, connections
 from django.test import TransactionTestCase
 
 from tests.edge import ApiClient, shared_server, stop_shared_server
@@ -23,8 +23,9 @@ ALL_DATABASES = ["default", *settings.SHARD_ALIASES]
 def _flush_retrying_deadlocks(self: TransactionTestCase) -> None:
     """A transactional test's flush (one TRUNCATE of every table) can deadlock with a projector run of
     the suite's live worker that still holds the read models' rows; PostgreSQL then aborts one of the
-    two. The worker's run retries by itself; the flush is retried here, so the test does not fail on
-    its way out."""
+    two, and a worker that keeps retrying can win every time. So on a deadlock the busy sessions on
+    the test databases (the worker's) are ended (workers reconnect and retry their transaction: nothing is acked
+    before COMMIT) and the flush is retried."""
     for attempt in range(5):
         try:
             _django_fixture_teardown(self)
@@ -32,7 +33,18 @@ def _flush_retrying_deadlocks(self: TransactionTestCase) -> None:
         except (OperationalError, CommandError) as exc:  # flush wraps the database's error
             if "deadlock detected" not in str(exc) or attempt == 4:
                 raise
+            _end_other_sessions()
             time.sleep(0.2 * (attempt + 1))
+
+
+def _end_other_sessions() -> None:
+    for alias in ALL_DATABASES:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                # Only sessions inside a statement or transaction (the worker's), never the API's.
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state <> 'idle' AND application_name <> 'writes-edge'"
+            )
 
 
 _django_fixture_teardown = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
