@@ -6,9 +6,10 @@ persistent ``writes.apply_batch`` task message and goes on with the next one whi
 confirm is outstanding: up to ``max_in_flight`` messages per process wait for confirms at once.
 
 Each request has a deadline. A group still queued at its deadline is dropped and never published. A
-group already published whose confirm is late is settled through ``writes.fates``: the edge marks the
-message abandoned on its shard (answer 503, the applier will skip it) unless the applier already
-claimed it (answer 202). So an error answer always means "not applied, not later either".
+group already published whose confirm is late, or whose connection failed while it was on the wire, is
+settled through ``writes.fates``: the edge marks the message abandoned on its shard (answer 503, the
+applier will skip it) unless the applier already claimed it (answer 202). So an error answer always
+means "not applied, not later either".
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ QUEUED, SENT, GONE = 0, 1, 2
 
 class PublishOutcomeUnknown(BrokerUnavailable):
     """The confirm was late and the shard could not be asked whether the message was applied."""
+
+
+class _MaybePublished(BrokerUnavailable):
+    """The connection failed while the message was on the wire: the broker may have taken it."""
 
 
 @dataclass(slots=True, eq=False)
@@ -182,10 +187,17 @@ class EdgePublisher:
             publishing.add_done_callback(_retrieve)
             deadline = min(item.deadline for item in batch)
             done, _ = await asyncio.wait({publishing}, timeout=max(0.0, deadline - loop.time()))
-            if done:
-                publishing.result()
-            elif await self._settle_late(shard, task_id):
-                raise BrokerUnavailable("The broker did not confirm the write in time; it will not be applied.")
+            if not done:
+                if await self._settle_late(shard, task_id):
+                    raise BrokerUnavailable("The broker did not confirm the write in time; it will not be applied.")
+            else:
+                try:
+                    publishing.result()
+                except _MaybePublished as lost:
+                    # The broker may have stored the message before its connection died: the message is
+                    # settled like a late confirm, so a 503 still means "never applied".
+                    if await self._settle_late(shard, task_id):
+                        raise BrokerUnavailable(f"{lost} The write will not be applied.") from lost
         except PublishError as exc:
             _fail(batch, exc)
         except Exception as exc:  # never let a send die silently: fail these requests, keep serving
@@ -235,7 +247,7 @@ class EdgePublisher:
             raise QueueFull(f"The queue for {shard} is full.") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.CancelledError) as exc:
             await self._reset()
-            raise BrokerUnavailable(f"The broker is unavailable ({exc.__class__.__name__}).") from exc
+            raise _MaybePublished(f"The broker is unavailable ({exc.__class__.__name__}).") from exc
         if isinstance(confirmation, Basic.Nack):
             raise QueueFull(f"The queue for {shard} is full.")
 

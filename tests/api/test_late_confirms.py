@@ -1,8 +1,10 @@
-"""A broker whose confirms arrive after the request's deadline: the client is told 503 with its ids,
-and nothing of that request is ever applied unless the client sends it again.
+"""A broker whose confirms arrive after the request's deadline, or never because the connection died
+while they were due: the client is told 503 with its ids, and nothing of that request is ever applied
+unless the client sends it again.
 
 A TCP relay between the API and RabbitMQ holds back what the broker sends (its confirms among it) while
-it forwards every publish at once: the message is in the queue, only its confirm is late.
+it forwards every publish at once: the message is in the queue, only its confirm is late (or lost with
+the connection).
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ class HoldingRelay:
         with contextlib.suppress(OSError):
             target.shutdown(socket.SHUT_WR)
 
+    def cut(self) -> None:
+        """Drop every connection made so far, as a broker node that dies does."""
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self._listener.close()
         for sock in self._sockets:
@@ -96,16 +104,32 @@ def _abandoned(shard: str) -> int:
 @pytest.mark.e2e
 @pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 def test_a_write_whose_confirm_came_too_late_is_refused_with_its_ids_and_never_applied(own_queues):
+    _refuse_then_retry(own_queues, cut_after=None)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+def test_a_write_whose_connection_died_before_its_confirm_is_refused_and_never_applied(own_queues):
+    """The broker stored the message, then the connection died before the confirm reached the API:
+    the API cannot know, so it settles the message like a late confirm before answering 503."""
+    _refuse_then_retry(own_queues, cut_after=0.3)
+
+
+def _refuse_then_retry(own_queues: str, *, cut_after: float | None) -> None:
     tenant = make_tenant("late")
     abandoned_before = _abandoned(tenant.shard)
     relay = HoldingRelay(("127.0.0.1", 5672))
     late_id, on_time_id = str(uuid.uuid4()), str(uuid.uuid4())
     broker = f"amqp://guest:guest@127.0.0.1:{relay.port}//"
+    # With a cut, the answer must come from the cut, well before the deadline.
+    timeout = 1.0 if cut_after is None else 10.0
     try:
-        with edge_server(CELERY_BROKER_URL=broker, WRITES_PUBLISH_TIMEOUT_SECONDS=1.0) as server:
+        with edge_server(CELERY_BROKER_URL=broker, WRITES_PUBLISH_TIMEOUT_SECONDS=timeout) as server:
             client = server.client(HTTP_AUTHORIZATION=f"Bearer {tenant.api_key}")
             assert client.post("/api/v1/events", {"id": on_time_id, "name": "on time"}).status_code == 202
             relay.hold()
+            if cut_after is not None:
+                threading.Timer(cut_after, relay.cut).start()
             started = time.monotonic()
             refused = client.post("/api/v1/events", {"id": late_id, "name": "late"})
             elapsed = time.monotonic() - started
@@ -116,7 +140,7 @@ def test_a_write_whose_confirm_came_too_late_is_refused_with_its_ids_and_never_a
     assert refused["Retry-After"] == "1"
     assert refused.json()["error"]["ids"] == [late_id]
     assert elapsed < 3.0
-    # The message did reach its queue: only its confirm was late.
+    # The message did reach its queue: only its confirm was late (or lost).
     assert queue_depth(shard_queue(tenant.shard)) == 2
 
     worker = Worker(
