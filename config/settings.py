@@ -105,7 +105,9 @@ DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0)
 def database(url: str) -> dict[str, Any]:
     pooled = DATABASE_POOL_MAX_SIZE > 0
     config: dict[str, Any] = dict(
-        dj_database_url.parse(url, conn_max_age=0 if pooled else CONN_MAX_AGE, conn_health_checks=not pooled)
+        # Health checks on with a pool too: Django then has the pool check a connection before lending
+        # it, so one the server ended while it sat there (a restart) is replaced, not handed to a request.
+        dj_database_url.parse(url, conn_max_age=0 if pooled else CONN_MAX_AGE, conn_health_checks=True)
     )
     options = config.setdefault("OPTIONS", {})
     options["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)

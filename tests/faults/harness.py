@@ -328,3 +328,4 @@ def shard_unavailable(alias: str) -> Iterator[None]:
             yield
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            connections[alias].close()  # whatever the test opened meanwhile was refused or terminated

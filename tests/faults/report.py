@@ -40,7 +40,8 @@ def _broker(evidence: dict[str, Any]) -> str:
 def _shard(evidence: dict[str, Any]) -> str:
     return (
         f"{evidence.get('outage_seconds')} s down: {evidence.get('accepted_for_down_shard_during_outage'):,} writes "
-        f"accepted for it ({evidence.get('messages_waiting_in_its_queue'):,} messages waited in its queue), "
+        f"accepted for it, {evidence.get('writes_held_until_the_shard_was_back', 0):,} of them held (queued or "
+        f"prefetched, unacked) and applied only once it was back, "
         f"{evidence.get('applied_on_other_shard_during_outage'):,} applied on the other shard meanwhile"
     )
 
