@@ -370,7 +370,7 @@ def _apply(
                     rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
             batch = _Batch(None, rows)
         applied = None
-        if batch.count and not decisions:
+        if batch.count:
             applied = _copy_into_log(cursor, batch, diversion)
         if applied is None:
             applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
