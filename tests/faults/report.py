@@ -43,7 +43,8 @@ def _worker_multi(evidence: dict[str, Any]) -> str:
         f"{len(kills)} kills, each at most {gap} ms after `pg_stat_activity` showed the worker inside an apply "
         f"transaction of several messages; read from its pages (`pageinspect`), each had claimed "
         f"{min(claimed)} to {max(claimed)} messages in `publish_fates` ({min(writes):,} to {max(writes):,} writes; "
-        f"{ledger} with ledger accounts locked), {aborted} of {len(kills)} `aborted` per `pg_xact_status`; "
+        f"{ledger} with ledger account rows locked or written), "
+        f"{aborted} of {len(kills)} `aborted` per `pg_xact_status`; "
         f"of the {sum(claimed):,} messages they held, {applied:,} applied later by the next worker"
         + (f", {abandoned:,} abandoned by the API" if abandoned else "")
         + (f"; {len(missed)} more kills not counted (the transaction committed first)" if missed else "")

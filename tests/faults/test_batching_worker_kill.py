@@ -101,7 +101,7 @@ def test_worker_sigkilled_inside_multi_message_transactions_loses_and_duplicates
         load.wait_for_accepted(2_000)
         loaded = time.monotonic()
         peak_in_flight = 0
-        while len(kills) < KILLS and len(missed) < SPARE_KILLS:
+        while len(kills) < KILLS and len(missed) <= SPARE_KILLS:
             seen = kill_inside_multi_message_transaction(watch, workers)
             # A transaction whose COMMIT was already on its way when the signal came is no kill inside it.
             (kills if seen["transaction"] == "aborted" else missed).append(seen)
