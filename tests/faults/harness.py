@@ -25,7 +25,7 @@ from django.db import OperationalError, connections
 from tests.conftest import TenantHandle
 from tests.faults.checker import Verdict
 from tests.faults.load import Attempt, History, Load
-from tests.stack import ROOT, database_url, stack_environment
+from tests.stack import ROOT, stack_environment
 from writes.management.commands.serve_api import api_command, api_environment
 from writes.models import WriteLog
 
@@ -233,8 +233,8 @@ class MultiMessageWatch:
     ``publish_fates`` rows whose ``xmin`` is the killed transaction's id, i.e. the messages it had
     claimed, and ``pg_xact_status`` says whether that transaction committed or was aborted.
 
-    One connection per shard database (superuser: ``pageinspect`` reads raw pages), kept open so that
-    the gap between seeing the transaction and killing its worker stays small.
+    One connection per shard database, kept open so that the gap between seeing the transaction and
+    killing its worker stays small.
     """
 
     _OPEN_APPLY = """
@@ -276,7 +276,11 @@ class MultiMessageWatch:
         import psycopg
 
         self.aliases = list(aliases)
-        self._connections = {alias: psycopg.connect(database_url(alias), autocommit=True) for alias in aliases}
+        # The admin role (``pageinspect`` wants a superuser), on each shard's test database.
+        self._connections = {
+            alias: psycopg.connect(ADMIN_URL, dbname=connections[alias].settings_dict["NAME"], autocommit=True)
+            for alias in aliases
+        }
         for connection in self._connections.values():
             connection.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
 

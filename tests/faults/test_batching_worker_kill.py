@@ -3,7 +3,7 @@
 retried with the same ids), judged by the history checker like every other fault test.
 
 A worker applies several prefetched messages of a shard in one transaction and acks them only after
-COMMIT (``writes.consumer``, ``writes.apply.apply_messages``). The checker's worker-kill test kills
+COMMIT (``writes.consumer``, ``writes.apply.apply_messages``). The worker-kill test of ``test_faults.py`` kills
 inside any apply transaction; this one kills only inside a transaction of two messages or more, and
 proves it from PostgreSQL itself: the rows the killed transaction had inserted into ``publish_fates``
 (its claims, one per message) are read from the table's pages by ``pageinspect`` (see
