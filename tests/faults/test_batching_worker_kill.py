@@ -3,10 +3,10 @@
 retried with the same ids), judged by the history checker like every other fault test.
 
 A worker applies several prefetched messages of a shard in one transaction and acks them only after
-COMMIT (``writes.consumer``, ``writes.apply.apply_messages``). The worker-kill test of ``test_faults.py`` kills
-inside any apply transaction; this one kills only inside a transaction of two messages or more, and
-proves it from PostgreSQL itself: the rows the killed transaction had inserted into ``publish_fates``
-(its claims, one per message) are read from the table's pages by ``pageinspect`` (see
+COMMIT (``writes.consumer``, ``writes.apply.apply_messages``). The worker-kill test of ``test_faults.py``
+kills inside any apply transaction; this one kills only inside a transaction of two messages or more,
+and proves it from PostgreSQL itself: the rows the killed transaction had inserted into
+``publish_fates`` (its claims, one per message) are read from the table's pages by ``pageinspect`` (see
 ``harness.MultiMessageWatch``), ``pg_xact_status`` reports that transaction aborted, and every claimed
 message is found decided later by another transaction: redelivered and applied once.
 """
