@@ -8,12 +8,14 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +216,127 @@ class BatchWatch:
 
     def close(self) -> None:
         self._connection.close()
+
+
+#: How the applier names its open transaction (``writes.apply``): ``apply <shard> messages=N writes=W <kinds>``.
+_APPLY_TAG = re.compile(r"^apply (?P<shard>\S+) messages=(?P<messages>\d+) writes=(?P<writes>\d+) ?(?P<kinds>\S*)")
+
+
+class MultiMessageWatch:
+    """Spots a worker inside an apply transaction of several messages, and reads back from the shard's
+    own pages what that transaction had written before it was killed.
+
+    The applier renames its session for the length of the transaction, right after claiming its messages
+    in ``publish_fates``: ``apply <shard> messages=N writes=W <kinds>``. What the name says is only what
+    the worker meant to do; the proof is in the heap. Every row a transaction inserts carries its id as
+    ``xmin``, committed or not, aborted or not, until vacuum takes it away: ``pageinspect`` lists the
+    ``publish_fates`` rows whose ``xmin`` is the killed transaction's id, i.e. the messages it had
+    claimed, and ``pg_xact_status`` says whether that transaction committed or was aborted.
+
+    One connection per shard database, kept open so that the gap between seeing the transaction and
+    killing its worker stays small.
+    """
+
+    _OPEN_APPLY = """
+        SELECT pid, backend_xid::text, application_name, state,
+               extract(epoch FROM now() - xact_start) * 1000, left(query, 160)
+        FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_type = 'client backend'
+          AND xact_start IS NOT NULL AND backend_xid IS NOT NULL AND application_name LIKE 'apply %%'
+          AND state IN ('active', 'idle in transaction') AND query NOT ILIKE 'commit%%'
+    """
+
+    # Every tuple of the table, live or dead, with its inserting transaction and its columns as bytes.
+    _INSERTED_BY = """
+        SELECT item.t_attrs[1]
+        FROM generate_series(
+            0, (pg_relation_size(%(table)s::regclass) / current_setting('block_size')::int)::int - 1
+        ) blk,
+             LATERAL heap_page_item_attrs(get_raw_page(%(table)s::text, blk), %(table)s::regclass) item
+        WHERE item.t_xmin = %(xid)s::text::xid AND item.t_attrs IS NOT NULL
+    """
+
+    # Row versions the transaction wrote or locked (``FOR UPDATE`` leaves its id in ``xmax``).
+    _TOUCHED_BY = """
+        SELECT count(*)
+        FROM generate_series(
+            0, (pg_relation_size(%(table)s::regclass) / current_setting('block_size')::int)::int - 1
+        ) blk,
+             LATERAL heap_page_items(get_raw_page(%(table)s::text, blk)) item
+        WHERE item.t_xmin = %(xid)s::text::xid OR item.t_xmax = %(xid)s::text::xid
+    """
+
+    # ``backend_xid`` is the 32-bit id: widened with the current epoch for ``pg_xact_status``.
+    _STATUS = """
+        SELECT pg_xact_status(
+            (((pg_snapshot_xmax(pg_current_snapshot())::text::bigint >> 32) << 32) + %s)::text::xid8)
+    """
+
+    def __init__(self, aliases: list[str]) -> None:
+        import psycopg
+
+        self.aliases = list(aliases)
+        # The admin role (``pageinspect`` wants a superuser), on each shard's test database.
+        self._connections = {
+            alias: psycopg.connect(ADMIN_URL, dbname=connections[alias].settings_dict["NAME"], autocommit=True)
+            for alias in aliases
+        }
+        for connection in self._connections.values():
+            connection.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+
+    def multi_message_apply(self, *, at_least: int = 2) -> dict[str, Any] | None:
+        """An open apply transaction of ``at_least`` messages or more, on any shard, if there is one now."""
+        for alias in self.aliases:
+            for pid, xid, name, state, age_ms, query in self._connections[alias].execute(self._OPEN_APPLY):
+                tag = _APPLY_TAG.match(str(name))
+                if tag is None or int(tag["messages"]) < at_least:
+                    continue
+                return {
+                    "seen_at": time.monotonic(),
+                    "shard": alias,
+                    "backend_pid": int(pid),
+                    "xid": int(xid),
+                    "application_name": name,
+                    "messages_named": int(tag["messages"]),
+                    "writes_named": int(tag["writes"]),
+                    "kinds_named": tag["kinds"],
+                    "state": state,
+                    "transaction_age_ms": round(float(age_ms), 1),
+                    "query": query,
+                }
+        return None
+
+    def claimed_by(self, alias: str, xid: int) -> list[str]:
+        """The message ids the transaction ``xid`` inserted into ``publish_fates`` (its claims)."""
+        rows = self._connections[alias].execute(self._INSERTED_BY, {"table": "publish_fates", "xid": xid})
+        return sorted(str(uuid.UUID(bytes=bytes(raw))) for (raw,) in rows)
+
+    def rows_touched_by(self, alias: str, table: str, xid: int) -> int:
+        """Row versions of ``table`` the transaction ``xid`` wrote or locked."""
+        row = self._connections[alias].execute(self._TOUCHED_BY, {"table": table, "xid": xid}).fetchone()
+        return int(row[0]) if row else 0
+
+    def status(self, alias: str, xid: int) -> str:
+        """``committed``, ``aborted`` or ``in progress``."""
+        row = self._connections[alias].execute(self._STATUS, [xid]).fetchone()
+        return str(row[0]) if row else "unknown"
+
+    def backend_gone(self, alias: str, pid: int) -> bool:
+        found = self._connections[alias].execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = found.fetchone()
+        return row is not None and int(row[0]) == 0
+
+    def fates(self, alias: str, message_ids: list[str]) -> dict[str, int]:
+        """How many of these messages ``publish_fates`` now holds, by fate (as committed since)."""
+        rows = self._connections[alias].execute(
+            "SELECT fate, count(*) FROM publish_fates WHERE message_id = ANY(%s::uuid[]) GROUP BY fate",
+            [message_ids],
+        )
+        return {str(fate): int(count) for fate, count in rows}
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
 
 
 class PrivateRabbit:

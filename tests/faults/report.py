@@ -29,6 +29,28 @@ def _worker(evidence: dict[str, Any]) -> str:
     )
 
 
+def _worker_multi(evidence: dict[str, Any]) -> str:
+    kills = evidence.get("kills", [])
+    claimed = [k["messages_claimed"] for k in kills] or [0]
+    writes = [k["writes_named"] for k in kills] or [0]
+    aborted = sum(k["transaction"] == "aborted" for k in kills)
+    applied = sum(k.get("fates_after", {}).get("applied", 0) for k in kills)
+    abandoned = sum(k.get("fates_after", {}).get("abandoned", 0) for k in kills)
+    ledger = sum(k.get("ledger_account_rows_locked_or_written", 0) > 0 for k in kills)
+    gap = max((k["seen_to_kill_ms"] for k in kills), default=0)
+    missed = evidence.get("missed", [])
+    return (
+        f"{len(kills)} kills, each at most {gap} ms after `pg_stat_activity` showed the worker inside an apply "
+        f"transaction of several messages; read from its pages (`pageinspect`), each had claimed "
+        f"{min(claimed)} to {max(claimed)} messages in `publish_fates` ({min(writes):,} to {max(writes):,} writes; "
+        f"{ledger} with ledger account rows locked or written), "
+        f"{aborted} of {len(kills)} `aborted` per `pg_xact_status`; "
+        f"of the {sum(claimed):,} messages they held, {applied:,} applied later by the next worker"
+        + (f", {abandoned:,} abandoned by the API" if abandoned else "")
+        + (f"; {len(missed)} more kills not counted (the transaction committed first)" if missed else "")
+    )
+
+
 def _broker(evidence: dict[str, Any]) -> str:
     return (
         f"down {evidence.get('seconds_down')} s; all {evidence.get('answers_while_down')} answers to requests "
@@ -62,6 +84,7 @@ def _poison(evidence: dict[str, Any]) -> str:
 
 FAULTS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "worker_sigkill": ("worker SIGKILL inside a batch transaction", _worker),
+    "worker_sigkill_multi_message": ("worker SIGKILL inside a multi-message transaction", _worker_multi),
     "broker_restart": ("RabbitMQ stopped and restarted", _broker),
     "shard_unavailable": ("one shard unreachable", _shard),
     "api_sigkill": ("API process SIGKILL with requests in flight", _api),
