@@ -75,14 +75,16 @@ DEFINITIONS: dict[str, Scenario] = {
     "naive": Scenario(
         "naive", "DRF view + ModelSerializer, objects.create per request (1 event/request), closed loop",
         path="/naive/events", settings_module=BENCH_SETTINGS, table="bench_naive_event", id_column="id",
-        workers="none",
+        workers="none", connections=64,
     ),
     "naive_celery": Scenario(
         "naive_celery", "DRF view + ModelSerializer, one Celery task per event inserting one row, closed loop",
         path="/naive/celery-events", settings_module=BENCH_SETTINGS, table="bench_naive_event", id_column="id",
-        workers="naive",
+        workers="naive", connections=64,
     ),
-    "single": Scenario("single", "real intake and workers, 1 event/request, closed loop", path="/api/v1/events"),
+    "single": Scenario(
+        "single", "real intake and workers, 1 event/request, closed loop", path="/api/v1/events", connections=64
+    ),
     "client": Scenario(
         "client", "32 producers, one event per call through the client library (it batches, gzips, retries)",
         path="/api/v1/events", driver="client",
