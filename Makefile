@@ -24,7 +24,7 @@ browser:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
-# The benchmark (bench/README section of README.md): its own databases, queues and port; about 6 minutes.
+# The benchmark (the Benchmark section of README.md): its own databases, queues and port; about 12 minutes.
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--duration 10 --scenarios batched,copy_limit".
 BENCH_ARGS ?= --update-readme
 bench: $(STAMP)

@@ -338,10 +338,13 @@ class BenchRun:
                     pool=tuning.worker_pool,
                 )
                 specs.append(ProcessSpec("worker", command, queue=self.environment.queue(alias)))
-            # Housekeeping (the read-model projector, once it exists) runs as it would in production,
-            # so the lag to "visible in the read model" can be measured; idle otherwise.
+            # Housekeeping (the read-model projector) runs as README's worker layout recommends: a worker
+            # of its own with a thread per shard, so one shard's projector run never waits for another's.
             maintenance = self.environment.queue("maintenance")
-            command = worker_command([maintenance], name="bench-maintenance", concurrency=1, prefetch=4, pool="solo")
+            shards = len(self.environment.shard_aliases)
+            command = worker_command(
+                [maintenance], name="bench-maintenance", concurrency=shards, prefetch=4, pool="threads"
+            )
             specs.append(ProcessSpec("housekeeping", command, queue=maintenance))
         elif scenario.workers == "naive":
             command = worker_command(
