@@ -5,6 +5,7 @@ Run by ``make run`` before ``migrate``; says which service is down, where it loo
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -22,7 +23,28 @@ RABBITMQ_HINT = "rabbitmq-server -detached"
 class Command(BaseCommand):
     help = "Check the database server and the broker, and create the control and shard databases if missing."
 
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--wait",
+            type=float,
+            default=0.0,
+            metavar="SECONDS",
+            help="keep retrying for this long while a server does not answer yet (containers starting)",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        deadline = time.monotonic() + options["wait"]
+        while True:
+            try:
+                self._prepare()
+                return
+            except CommandError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self.stderr.write(f"{exc} Retrying.")
+                time.sleep(2)
+
+    def _prepare(self) -> None:
         for alias, config in settings.DATABASES.items():
             if ensure_database(alias, config):
                 self.stdout.write(f"created database {config['NAME']} ({alias})")
