@@ -103,10 +103,29 @@ DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0)
 
 
 def database(url: str) -> dict[str, Any]:
+    """A Django database from a URL. The URL may name several servers, a primary and its standbys
+    (``postgres://user@primary:5432,standby:5432/db?target_session_attrs=read-write``): HOST and PORT
+    become libpq's comma-separated lists, and libpq connects to the first that qualifies."""
     pooled = DATABASE_POOL_MAX_SIZE > 0
+    scheme, _, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    servers, slash, path = location.partition("/")
+    hosts, ports = [], []
+    for server in servers.split(","):
+        host, colon, port = server.rpartition(":") if not server.endswith("]") else (server, "", "")
+        hosts.append(host if colon else server)
+        ports.append(port if colon else "")
+    first = f"{hosts[0]}:{ports[0]}" if ports[0] else hosts[0]
     config: dict[str, Any] = dict(
-        dj_database_url.parse(url, conn_max_age=0 if pooled else CONN_MAX_AGE, conn_health_checks=not pooled)
+        dj_database_url.parse(
+            f"{scheme}://{credentials}{at}{first}{slash}{path}",
+            conn_max_age=0 if pooled else CONN_MAX_AGE,
+            conn_health_checks=not pooled,
+        )
     )
+    if len(hosts) > 1:
+        config["HOST"] = ",".join(hosts)
+        config["PORT"] = ",".join(port or "5432" for port in ports)
     options = config.setdefault("OPTIONS", {})
     options["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)
     if pooled:
@@ -125,6 +144,8 @@ DATABASE_ROUTERS = ["writes.routing.ShardRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Broker and Celery ---------------------------------------------------------------------
+# One URL, or every node of a cluster separated by ";" (amqp://…@node1//;amqp://…@node2//): Celery,
+# kombu and the API's publisher try them in turn and fail over to the next when one goes away.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 2.0)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -180,6 +201,10 @@ WRITES_QUEUE_PREFIX = env("WRITES_QUEUE_PREFIX", "writes")
 WRITES_QUEUE_MAX_LENGTH = env_int("WRITES_QUEUE_MAX_LENGTH", 100_000)
 WRITES_QUEUE_MAX_BYTES = env_int("WRITES_QUEUE_MAX_BYTES", 2 * 1024**3)
 WRITES_QUEUE_DELIVERY_LIMIT = env_int("WRITES_QUEUE_DELIVERY_LIMIT", 20)
+# Replicas of each quorum queue (x-quorum-initial-group-size): 3 on a three-node cluster. 0 leaves it to
+# the broker (a replica on every node). Fixed when a queue is created: the broker refuses a later
+# declaration with another value, so change it only with new queues (or a new WRITES_QUEUE_PREFIX).
+WRITES_QUEUE_REPLICAS = env_int("WRITES_QUEUE_REPLICAS", 0)
 # The coalescing publisher waits at most this long to gather writes into one message ...
 WRITES_PUBLISH_LINGER_SECONDS = env_float("WRITES_PUBLISH_LINGER_SECONDS", 0.002)
 # ... or until this many writes, or this many bytes of request bodies, are waiting (RabbitMQ refuses

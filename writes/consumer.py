@@ -30,6 +30,7 @@ from kombu import Connection, Consumer, Message
 
 from readmodels.tasks import request_projection
 from writes.apply import ApplyResult, PublishedMessage, apply_messages, message_id
+from writes.broker import broker_connection
 from writes.metrics import DEAD_LETTERED
 from writes.publisher import APPLY_TASK
 from writes.queues import MSGPACK_CONTENT_TYPE, queue_name, register_serializer, shard_queue
@@ -109,7 +110,7 @@ class ShardQueueConsumer(threading.Thread):
         connections.close_all()
 
     def _consume(self) -> None:
-        with Connection(settings.CELERY_BROKER_URL, heartbeat=0, connect_timeout=5) as connection:
+        with broker_connection(heartbeat=0, connect_timeout=5) as connection:
             channel = connection.channel()
             consumer = Consumer(
                 channel,

@@ -27,6 +27,7 @@ import msgspec
 from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp.commands import Basic
 
+from writes.broker import broker_urls
 from writes.errors import BrokerUnavailable, PublishError, QueueFull
 from writes.metrics import PUBLISH_CONFIRM_SECONDS, WRITES_PER_MESSAGE
 from writes.publisher import WriteGroup, apply_task_message
@@ -80,6 +81,11 @@ class EdgePublisher:
         abandon: AbandonMessage,
     ) -> None:
         self.broker_url = broker_url
+        # Several nodes (";"-separated): tried in turn from the one last connected to; a lost connection
+        # moves on to the next node first, so a dead node costs one failed attempt, not every reconnect.
+        self.nodes = broker_urls(broker_url)
+        self._node = 0
+        self._lost = False
         self.linger_seconds = linger_seconds
         self.max_writes = max_writes
         self.max_bytes = max_bytes
@@ -243,17 +249,10 @@ class EdgePublisher:
         async with self._connecting:
             if self._channel is None or self._channel.is_closed:
                 await self._reset()
-                try:
-                    self._connection = await asyncio.wait_for(
-                        aiormq.connect(self.broker_url), timeout=self.timeout_seconds
-                    )
-                    self._channel = await self._connection.channel(publisher_confirms=True)
-                    for extra in (dead_letter_queue(), maintenance_queue()):
-                        await _declare(self._channel, extra)
-                except (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError) as exc:
-                    await self._reset()
-                    raise BrokerUnavailable(f"The broker cannot be reached ({exc.__class__.__name__}).") from exc
+                await self._connect()
             channel = self._channel
+            if channel is None:
+                raise BrokerUnavailable("The broker connection closed while opening.")
             queue = shard_queue(shard)
             if queue.name not in self._declared:
                 try:
@@ -264,7 +263,37 @@ class EdgePublisher:
                 self._declared.add(queue.name)
             return channel
 
+    async def _connect(self) -> None:
+        """Open a confirming channel on the first node that answers, each node given an equal share of
+        the request timeout."""
+        if self._lost:
+            self._node = (self._node + 1) % len(self.nodes)
+            self._lost = False
+        per_node = max(0.2, self.timeout_seconds / len(self.nodes))
+        failure: BaseException | None = None
+        for step in range(len(self.nodes)):
+            node = (self._node + step) % len(self.nodes)
+            try:
+                self._connection = await asyncio.wait_for(aiormq.connect(self.nodes[node]), timeout=per_node)
+                self._channel = await asyncio.wait_for(
+                    self._connection.channel(publisher_confirms=True), timeout=per_node
+                )
+                for extra in (dead_letter_queue(), maintenance_queue()):
+                    await asyncio.wait_for(_declare(self._channel, extra), timeout=per_node)
+            except (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError) as exc:
+                failure = exc
+                await self._reset()
+                self._lost = False
+                continue
+            self._node = node
+            return
+        raise BrokerUnavailable(
+            f"No broker node can be reached ({failure.__class__.__name__}, {len(self.nodes)} tried)."
+        ) from failure
+
     async def _reset(self) -> None:
+        if self._channel is not None:
+            self._lost = True  # the next connection starts at the next node
         connection, self._connection, self._channel = self._connection, None, None
         self._declared = set()
         if connection is not None:

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from writes.broker import redacted
 from writes.readiness import broker_reachable
 
 POSTGRES_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -66,6 +67,8 @@ def ensure_database(alias: str, config: dict[str, Any]) -> bool:
         user=config.get("USER") or None,
         password=config.get("PASSWORD") or None,
         connect_timeout=3,
+        # A primary and its standbys: the database is created on the primary.
+        target_session_attrs=config.get("OPTIONS", {}).get("target_session_attrs") or None,
     )
     try:
         with psycopg.connect(conninfo, autocommit=True) as connection:
@@ -79,10 +82,3 @@ def ensure_database(alias: str, config: dict[str, Any]) -> bool:
             f"PostgreSQL does not answer at {where} (database {alias}): {str(exc).strip()}. "
             f"Start it (for example: {POSTGRES_HINT}) or set DATABASE_URL / SHARD_DATABASE_URLS."
         ) from exc
-
-
-def redacted(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
