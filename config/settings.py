@@ -6,6 +6,7 @@ Production adds its checks in ``config.production``; nothing here is domain logi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,17 @@ TEMPLATES = [
 # DATABASE_URL is the control database (tenants, API keys, shard map, auth, admin).
 # SHARD_DATABASE_URLS lists the shard databases in shard order: the first is alias shard_0.
 DATABASE_URL = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/writes_control")
+# A URL may itself hold commas (a primary and its standbys, see ``database``): a comma separates two
+# URLs only where a new scheme follows it.
 SHARD_DATABASE_URLS = [
     url.strip()
-    for url in env(
-        "SHARD_DATABASE_URLS",
-        "postgres://postgres@127.0.0.1:5432/writes_shard_0,postgres://postgres@127.0.0.1:5432/writes_shard_1",
-    ).split(",")
+    for url in re.split(
+        r",(?=\s*[a-z][a-z0-9+.-]*://)",
+        env(
+            "SHARD_DATABASE_URLS",
+            "postgres://postgres@127.0.0.1:5432/writes_shard_0,postgres://postgres@127.0.0.1:5432/writes_shard_1",
+        ),
+    )
     if url.strip()
 ]
 CONN_MAX_AGE = env_int("CONN_MAX_AGE", 600)

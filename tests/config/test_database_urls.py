@@ -4,12 +4,16 @@ connects to the first that takes writes."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import psycopg
 from django.conf import settings
 
 from api.edge.database import connection_kwargs
 from config.settings import database
+from tests.stack import ROOT
 
 
 def test_database_url_with_one_host_is_parsed_as_before():
@@ -45,3 +49,19 @@ def test_multi_host_shard_url_connects_past_a_server_that_does_not_answer(monkey
             return str(row[0])
 
     assert asyncio.run(ask()) == "5432"
+
+
+def test_shard_database_urls_split_between_urls_not_inside_a_multi_host_one():
+    listed = (
+        "postgres://u@db-main:5432/writes_shard_0,"
+        "postgres://u@db-shard1:5432,db-shard1-standby:5432/writes_shard_1?target_session_attrs=read-write"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from config import settings; print(repr(settings.SHARD_DATABASE_URLS))"],
+        env={**os.environ, "SHARD_DATABASE_URLS": listed},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert result.stdout.strip() == repr(listed.split(",", 1))
