@@ -559,7 +559,7 @@ def shard_served_by(alias: str, shard: ReplicatedShard) -> Iterator[None]:
     name = config["NAME"]
     assert name.startswith("test_"), "only ever a test database"
     saved = {key: config.get(key) for key in ("HOST", "PORT", "OPTIONS")}
-    connections[alias].close()
+    _disconnect(alias)
     shard.primary.execute(f'CREATE DATABASE "{name}"')
     host, port = shard.hosts()
     config.update(HOST=host, PORT=port, OPTIONS={**(config.get("OPTIONS") or {}), "target_session_attrs": "read-write"})
@@ -567,5 +567,14 @@ def shard_served_by(alias: str, shard: ReplicatedShard) -> Iterator[None]:
         call_command("migrate", database=alias, verbosity=0)
         yield
     finally:
-        connections[alias].close()
+        _disconnect(alias)
         config.update(saved)
+
+
+def _disconnect(alias: str) -> None:
+    """Close the alias's connection and its pool (a pool keeps the servers it was made with)."""
+    connection = connections[alias]
+    connection.close()
+    close_pool = getattr(connection, "close_pool", None)
+    if close_pool is not None:
+        close_pool()
