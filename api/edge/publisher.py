@@ -44,6 +44,12 @@ class PublishOutcomeUnknown(BrokerUnavailable):
     """The confirm was late and the shard could not be asked whether the message was applied."""
 
 
+class PublishInterrupted(BrokerUnavailable):
+    """The connection went while a message was being published or awaited its confirm: its frames may
+    have reached the queue (a cluster node stopping after its queue took the message), so it is settled
+    like a late confirm, never simply answered 503."""
+
+
 @dataclass(slots=True, eq=False)
 class _Pending:
     group: WriteGroup
@@ -189,7 +195,13 @@ class EdgePublisher:
             deadline = min(item.deadline for item in batch)
             done, _ = await asyncio.wait({publishing}, timeout=max(0.0, deadline - loop.time()))
             if done:
-                publishing.result()
+                try:
+                    publishing.result()
+                except PublishInterrupted:
+                    if await self._settle_late(shard, task_id):
+                        raise BrokerUnavailable(
+                            "The broker connection was lost before the confirm; the write will not be applied."
+                        ) from None
             elif await self._settle_late(shard, task_id):
                 raise BrokerUnavailable("The broker did not confirm the write in time; it will not be applied.")
         except PublishError as exc:
@@ -241,7 +253,7 @@ class EdgePublisher:
             raise QueueFull(f"The queue for {shard} is full.") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.CancelledError) as exc:
             await self._reset()
-            raise BrokerUnavailable(f"The broker is unavailable ({exc.__class__.__name__}).") from exc
+            raise PublishInterrupted(f"The broker is unavailable ({exc.__class__.__name__}).") from exc
         if isinstance(confirmation, Basic.Nack):
             raise QueueFull(f"The queue for {shard} is full.")
 
