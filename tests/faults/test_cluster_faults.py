@@ -40,6 +40,7 @@ from tests.faults.test_faults import (
     tenants_on_every_shard,
 )
 from writes.queues import queue_name
+from writes.topology import shard_server_roles
 
 pytestmark = [pytest.mark.faults]
 
@@ -221,6 +222,7 @@ def test_shard_primary_sigkilled_and_its_standby_promoted_workers_continue_on_it
             flying = in_flight(load, tenants)
             sync_state = replicated.primary.execute("SELECT application_name, sync_state FROM pg_stat_replication")
             applied_before = applied_count(on_failing)
+            roles_before = [r.role for r in shard_server_roles(failing)]
             replicated.primary.kill()
             killed_at = time.monotonic()
             replicated.standby.promote()
@@ -236,6 +238,7 @@ def test_shard_primary_sigkilled_and_its_standby_promoted_workers_continue_on_it
             history = load.stop()
             figures = refusal_figures(history, killed_at, time.monotonic())
             in_recovery = replicated.standby.execute("SELECT pg_is_in_recovery()")[0][0]
+            roles_after = [r.role for r in shard_server_roles(failing)]
             verdict = judge(
                 "shard_failover",
                 history,
@@ -247,6 +250,8 @@ def test_shard_primary_sigkilled_and_its_standby_promoted_workers_continue_on_it
                     "seconds_kill_to_promoted": round(promoted_at - killed_at, 2),
                     "seconds_without_applying": round(applying_again_at - killed_at, 2),
                     "promoted_in_recovery": in_recovery,
+                    "server_roles_before": roles_before,
+                    "server_roles_after": roles_after,
                     **figures,
                 },
             )
@@ -257,5 +262,7 @@ def test_shard_primary_sigkilled_and_its_standby_promoted_workers_continue_on_it
     assert sync_state, "the standby was not streaming"
     assert {row[1] for row in sync_state} <= {"sync", "quorum"}, sync_state
     assert in_recovery is False
+    assert roles_before == ["primary", "standby"]  # as writes_status shows them
+    assert roles_after == ["unreachable", "primary"]
     assert applying_again_at - killed_at < 10, applying_again_at - killed_at
     assert_clean(verdict, answers=REFUSALS)

@@ -1,4 +1,5 @@
-"""``writes_status [--json]``: the operations page on the command line (queues, apply rates, lag per shard)."""
+"""``writes_status [--json]``: the operations page on the command line (queues, apply rates, lag per shard),
+and each broker node and shard server with its role."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from writes.operations import busiest_logical_shards, collect_overview, overview_as_dict
+from writes.topology import broker_node_roles, shard_server_roles
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -36,9 +38,19 @@ class Command(BaseCommand):
             self._busiest(options["busiest"])
             return
         view = collect_overview()
+        brokers = broker_node_roles()
+        servers = {alias: shard_server_roles(alias) for alias in settings.SHARD_ALIASES}
         if options["json"]:
-            self.stdout.write(json.dumps(overview_as_dict(view)))
+            figures = overview_as_dict(view)
+            figures["broker_nodes"] = [{"node": r.server, "role": r.role} for r in brokers]
+            figures["shard_servers"] = {
+                alias: [{"server": r.server, "role": r.role} for r in roles] for alias, roles in servers.items()
+            }
+            self.stdout.write(json.dumps(figures))
             return
+        self.stdout.write("broker nodes: " + ", ".join(f"{r.server} {r.role}" for r in brokers))
+        for alias, roles in servers.items():
+            self.stdout.write(f"{alias} servers: " + ", ".join(f"{r.server} {r.role}" for r in roles))
         self.stdout.write(
             f"{'shard':<10} {'depth':>8} {'consumers':>9} {'rows/s':>10} {'msgs/s':>8} "
             f"{'drain s':>9} {'last position':>14}"
