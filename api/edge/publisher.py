@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 _msgpack = msgspec.msgpack.Encoder()
 
 QUEUED, SENT, GONE = 0, 1, 2
+NACK_RESET_SECONDS = 2.0
 
 
 class PublishOutcomeUnknown(BrokerUnavailable):
@@ -92,6 +93,7 @@ class EdgePublisher:
         self.nodes = broker_urls(broker_url)
         self._node = 0
         self._lost = False
+        self._nacked_since: float | None = None
         self.linger_seconds = linger_seconds
         self.max_writes = max_writes
         self.max_bytes = max_bytes
@@ -250,12 +252,28 @@ class EdgePublisher:
         except aiormq.exceptions.PublishError as exc:  # returned: no queue is bound under that name
             raise BrokerUnavailable(f"The queue for {shard} does not exist.") from exc
         except aiormq.exceptions.DeliveryError as exc:
+            await self._nacked()
             raise QueueFull(f"The queue for {shard} is full.") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.CancelledError) as exc:
             await self._reset()
             raise PublishInterrupted(f"The broker is unavailable ({exc.__class__.__name__}).") from exc
         if isinstance(confirmation, Basic.Nack):
+            await self._nacked()
             raise QueueFull(f"The queue for {shard} is full.")
+        self._nacked_since = None
+
+    async def _nacked(self) -> None:
+        """Nacks for longer than ``NACK_RESET_SECONDS`` in a row: open a new channel. After a quorum
+        queue's leader was lost, a channel may go on being nacked although the queue has room (seen in
+        the broker node kill fault test); a new channel publishes normally, and to a queue that really is
+        full a reconnection every few seconds costs nothing."""
+        now = asyncio.get_running_loop().time()
+        if self._nacked_since is None:
+            self._nacked_since = now
+        elif now - self._nacked_since > NACK_RESET_SECONDS:
+            self._nacked_since = None
+            logger.warning("publishes nacked for over %.0f s: opening a new channel", NACK_RESET_SECONDS)
+            await self._reset()
 
     async def _ensure_channel(self, shard: str) -> AbstractChannel:
         async with self._connecting:
