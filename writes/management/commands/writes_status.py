@@ -48,9 +48,6 @@ class Command(BaseCommand):
             }
             self.stdout.write(json.dumps(figures))
             return
-        self.stdout.write("broker nodes: " + ", ".join(f"{r.server} {r.role}" for r in brokers))
-        for alias, roles in servers.items():
-            self.stdout.write(f"{alias} servers: " + ", ".join(f"{r.server} {r.role}" for r in roles))
         self.stdout.write(
             f"{'shard':<10} {'depth':>8} {'consumers':>9} {'rows/s':>10} {'msgs/s':>8} "
             f"{'drain s':>9} {'last position':>14}"
@@ -71,6 +68,9 @@ class Command(BaseCommand):
                     + (f"; last repair drift {p.last_repair_drift}" if p.last_repair_drift is not None else "")
                 )
         self.stdout.write(f"dead-letter queue: {_number(view.dead_letters)} message(s)")
+        self.stdout.write("broker nodes: " + ", ".join(f"{r.server} {r.role}" for r in brokers))
+        for alias, roles in servers.items():
+            self.stdout.write(f"{alias} servers: " + ", ".join(f"{r.server} {r.role}" for r in roles))
 
     def _busiest(self, shard: str) -> None:
         if shard not in settings.SHARD_ALIASES:
