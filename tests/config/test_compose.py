@@ -15,7 +15,8 @@ from tests.stack import ROOT
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
 
 
 def services(compose: dict[str, Any], prefix: str) -> dict[str, dict[str, Any]]:

@@ -49,5 +49,6 @@ def test_quorum_queues_carry_the_replica_count_when_it_is_set():
     assert "x-quorum-initial-group-size" not in quorum_arguments()  # the broker's default: every node
     with override_settings(WRITES_QUEUE_REPLICAS=3):
         for queue in [*all_queues(), dead_letter_queue(), hold_queue(7)]:
-            assert queue.queue_arguments["x-queue-type"] == "quorum"
-            assert queue.queue_arguments["x-quorum-initial-group-size"] == 3
+            arguments = queue.queue_arguments or {}
+            assert arguments["x-queue-type"] == "quorum"
+            assert arguments["x-quorum-initial-group-size"] == 3
