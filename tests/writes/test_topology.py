@@ -38,3 +38,14 @@ def test_writes_status_json_lists_broker_nodes_and_shard_servers():
     assert [n["role"] for n in figures["broker_nodes"]] == ["up"]
     assert set(figures["shard_servers"]) == set(settings.SHARD_ALIASES)
     assert all(s["role"] == "primary" for servers in figures["shard_servers"].values() for s in servers)
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_operations_data_carries_broker_nodes_and_shard_servers():
+    from writes.operations import collect_overview, overview_as_dict
+
+    data = overview_as_dict(collect_overview())
+    assert [n["role"] for n in data["broker_nodes"]] == ["up"]
+    assert {alias: [s["role"] for s in servers] for alias, servers in data["shard_servers"].items()} == {
+        alias: ["primary"] for alias in settings.SHARD_ALIASES
+    }

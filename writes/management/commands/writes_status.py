@@ -11,7 +11,6 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from writes.operations import busiest_logical_shards, collect_overview, overview_as_dict
-from writes.topology import broker_node_roles, shard_server_roles
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -38,15 +37,9 @@ class Command(BaseCommand):
             self._busiest(options["busiest"])
             return
         view = collect_overview()
-        brokers = broker_node_roles()
-        servers = {alias: shard_server_roles(alias) for alias in settings.SHARD_ALIASES}
+        brokers, servers = view.broker_nodes, view.shard_servers
         if options["json"]:
-            figures = overview_as_dict(view)
-            figures["broker_nodes"] = [{"node": r.server, "role": r.role} for r in brokers]
-            figures["shard_servers"] = {
-                alias: [{"server": r.server, "role": r.role} for r in roles] for alias, roles in servers.items()
-            }
-            self.stdout.write(json.dumps(figures))
+            self.stdout.write(json.dumps(overview_as_dict(view)))
             return
         self.stdout.write(
             f"{'shard':<10} {'depth':>8} {'consumers':>9} {'rows/s':>10} {'msgs/s':>8} "
