@@ -31,6 +31,14 @@ def broker_connection(url: str | None = None, **options: Any) -> Connection:
     return connection
 
 
+def rotated_broker_url(turn: int, url: str | None = None) -> str:
+    """The node list starting at node ``turn`` (modulo their number): a client that opens a new lazy
+    kombu ``Connection`` on every reconnect reaches every node over successive attempts."""
+    nodes = broker_urls(url)
+    start = turn % len(nodes)
+    return ";".join(nodes[start:] + nodes[:start])
+
+
 def redacted(url: str) -> str:
     """The URL(s) without their credentials, for messages and logs."""
     parts = []

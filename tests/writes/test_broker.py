@@ -9,7 +9,7 @@ from django.test import override_settings
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from writes.broker import broker_connection, broker_urls, redacted
+from writes.broker import broker_connection, broker_urls, redacted, rotated_broker_url
 from writes.queues import all_queues, dead_letter_queue, hold_queue, quorum_arguments
 from writes.readiness import broker_reachable
 
@@ -52,3 +52,10 @@ def test_quorum_queues_carry_the_replica_count_when_it_is_set():
             arguments = queue.queue_arguments or {}
             assert arguments["x-queue-type"] == "quorum"
             assert arguments["x-quorum-initial-group-size"] == 3
+
+
+def test_rotated_broker_url_starts_each_turn_at_the_next_node():
+    nodes = "amqp://a//;amqp://b//;amqp://c//"
+    assert rotated_broker_url(0, nodes) == nodes
+    assert rotated_broker_url(1, nodes) == "amqp://b//;amqp://c//;amqp://a//"
+    assert rotated_broker_url(5, nodes) == "amqp://c//;amqp://a//;amqp://b//"
