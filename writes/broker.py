@@ -2,7 +2,8 @@
 connection opened here has tried every node once before it gives up.
 
 kombu's own ``connect()`` tries two URLs at most; a three-node cluster with two nodes gone must still
-reach the third, so the kombu connections of the write path are opened here.
+reach the third: the readiness check connects through ``broker_connection``, and the shard consumer,
+which reconnects in a loop, starts each new connection at the next node (``rotated_broker_url``).
 """
 
 from __future__ import annotations
