@@ -167,6 +167,11 @@ CELERY_TASK_IGNORE_RESULT = True
 # the worker sat idle). 16 keeps the pipe full; messages are batches, so memory stays bounded.
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 16)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Remote control (celery inspect/control) gives each worker an exclusive "pidbox" queue. On a broker
+# cluster, after the node holding a worker's connection dies, the worker reconnects to another node
+# before that exclusive queue is gone and stops with RESOURCE_LOCKED (seen in the broker node kill
+# fault test). Turn it off (0) on a cluster; writes_status and the operations page do not need it.
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = env_bool("WORKER_REMOTE_CONTROL", True)
 # Celery's Django fix-up closes every database connection before and after each task unless this is
 # set: a new PostgreSQL connection per batch cost a fifth of a worker's time. A connection that died
 # meanwhile fails its statement with OperationalError, which ``with_shard_retries`` closes and retries.

@@ -61,7 +61,7 @@ def cluster() -> Iterator[RabbitCluster]:
 
 
 def cluster_environment(cluster: RabbitCluster) -> dict[str, str]:
-    return {"CELERY_BROKER_URL": cluster.url, "WRITES_QUEUE_REPLICAS": "3"}
+    return {"CELERY_BROKER_URL": cluster.url, "WRITES_QUEUE_REPLICAS": "3", "WORKER_REMOTE_CONTROL": "0"}
 
 
 def accepted_times(history: History, since: float) -> list[float]:
