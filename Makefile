@@ -43,7 +43,8 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# Fault tests under load (worker/API SIGKILL, broker restart, shard outage, poison): a few minutes,
+# Fault tests under load (worker/API SIGKILL, broker restart, shard outage, poison, and on private clusters:
+# a broker node SIGKILL, broker quorum loss, a shard failover to its synchronous standby): a few minutes,
 # so not part of `make test`; CI runs them after it. Figures land in var/faults/*.json, and the table
 # drawn from them is printed (`python -m tests.faults.report --update-readme` puts it in the README).
 faults: $(STAMP)

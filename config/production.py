@@ -20,10 +20,23 @@ def _required(name: str) -> str:
     return value
 
 
+def _secret_key() -> str:
+    """SECRET_KEY, or else the contents of the file SECRET_KEY_FILE names (docker-compose keeps one in a
+    volume, so the key is the same on every start without being passed to each command)."""
+    value = os.environ.get("SECRET_KEY", "").strip()
+    path = os.environ.get("SECRET_KEY_FILE", "").strip()
+    if not value and path and os.path.exists(path):
+        with open(path) as file:
+            value = file.read().strip()
+    if not value:
+        raise ImproperlyConfigured("SECRET_KEY (or a non-empty SECRET_KEY_FILE) must be set in production.")
+    return value
+
+
 if env_bool("DEBUG", False):
     raise ImproperlyConfigured("DEBUG must be off in production.")
 DEBUG = False
-SECRET_KEY = _required("SECRET_KEY")
+SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = [h.strip() for h in _required("ALLOWED_HOSTS").split(",") if h.strip()]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)

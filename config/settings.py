@@ -6,6 +6,7 @@ Production adds its checks in ``config.production``; nothing here is domain logi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,17 @@ TEMPLATES = [
 # DATABASE_URL is the control database (tenants, API keys, shard map, auth, admin).
 # SHARD_DATABASE_URLS lists the shard databases in shard order: the first is alias shard_0.
 DATABASE_URL = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/writes_control")
+# A URL may itself hold commas (a primary and its standbys, see ``database``): a comma separates two
+# URLs only where a new scheme follows it.
 SHARD_DATABASE_URLS = [
     url.strip()
-    for url in env(
-        "SHARD_DATABASE_URLS",
-        "postgres://postgres@127.0.0.1:5432/writes_shard_0,postgres://postgres@127.0.0.1:5432/writes_shard_1",
-    ).split(",")
+    for url in re.split(
+        r",(?=\s*[a-z][a-z0-9+.-]*://)",
+        env(
+            "SHARD_DATABASE_URLS",
+            "postgres://postgres@127.0.0.1:5432/writes_shard_0,postgres://postgres@127.0.0.1:5432/writes_shard_1",
+        ),
+    )
     if url.strip()
 ]
 CONN_MAX_AGE = env_int("CONN_MAX_AGE", 600)
@@ -103,12 +109,31 @@ DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0)
 
 
 def database(url: str) -> dict[str, Any]:
+    """A Django database from a URL. The URL may name several servers, a primary and its standbys
+    (``postgres://user@primary:5432,standby:5432/db?target_session_attrs=read-write``): HOST and PORT
+    become libpq's comma-separated lists, and libpq connects to the first that qualifies."""
     pooled = DATABASE_POOL_MAX_SIZE > 0
+    scheme, _, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    servers, slash, path = location.partition("/")
+    hosts, ports = [], []
+    for server in servers.split(","):
+        host, colon, port = server.rpartition(":") if not server.endswith("]") else (server, "", "")
+        hosts.append(host if colon else server)
+        ports.append(port if colon else "")
+    first = f"{hosts[0]}:{ports[0]}" if ports[0] else hosts[0]
     config: dict[str, Any] = dict(
         # Health checks on with a pool too: Django then has the pool check a connection before lending
         # it, so one the server ended while it sat there (a restart) is replaced, not handed to a request.
-        dj_database_url.parse(url, conn_max_age=0 if pooled else CONN_MAX_AGE, conn_health_checks=True)
+        dj_database_url.parse(
+            f"{scheme}://{credentials}{at}{first}{slash}{path}",
+            conn_max_age=0 if pooled else CONN_MAX_AGE,
+            conn_health_checks=True,
+        )
     )
+    if len(hosts) > 1:
+        config["HOST"] = ",".join(hosts)
+        config["PORT"] = ",".join(port or "5432" for port in ports)
     options = config.setdefault("OPTIONS", {})
     options["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)
     if pooled:
@@ -127,6 +152,8 @@ DATABASE_ROUTERS = ["writes.routing.ShardRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Broker and Celery ---------------------------------------------------------------------
+# One URL, or every node of a cluster separated by ";" (amqp://…@node1//;amqp://…@node2//): Celery,
+# kombu and the API's publisher try them in turn and fail over to the next when one goes away.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 2.0)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -142,6 +169,11 @@ CELERY_TASK_IGNORE_RESULT = True
 # the worker sat idle). 16 keeps the pipe full; messages are batches, so memory stays bounded.
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 16)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Remote control (celery inspect/control) gives each worker an exclusive "pidbox" queue. On a broker
+# cluster, after the node holding a worker's connection dies, the worker reconnects to another node
+# before that exclusive queue is gone and stops with RESOURCE_LOCKED (seen in the broker node kill
+# fault test). Turn it off (0) on a cluster; writes_status and the operations page do not need it.
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = env_bool("WORKER_REMOTE_CONTROL", True)
 # Celery's Django fix-up closes every database connection before and after each task unless this is
 # set: a new PostgreSQL connection per batch cost a fifth of a worker's time. A connection that died
 # meanwhile fails its statement with OperationalError, which ``with_shard_retries`` closes and retries.
@@ -184,6 +216,10 @@ WRITES_QUEUE_PREFIX = env("WRITES_QUEUE_PREFIX", "writes")
 WRITES_QUEUE_MAX_LENGTH = env_int("WRITES_QUEUE_MAX_LENGTH", 100_000)
 WRITES_QUEUE_MAX_BYTES = env_int("WRITES_QUEUE_MAX_BYTES", 2 * 1024**3)
 WRITES_QUEUE_DELIVERY_LIMIT = env_int("WRITES_QUEUE_DELIVERY_LIMIT", 20)
+# Replicas of each quorum queue (x-quorum-initial-group-size): 3 on a three-node cluster. 0 leaves it to
+# the broker (a replica on every node). Fixed when a queue is created: the broker refuses a later
+# declaration with another value, so change it only with new queues (or a new WRITES_QUEUE_PREFIX).
+WRITES_QUEUE_REPLICAS = env_int("WRITES_QUEUE_REPLICAS", 0)
 # The coalescing publisher waits at most this long to gather writes into one message ...
 WRITES_PUBLISH_LINGER_SECONDS = env_float("WRITES_PUBLISH_LINGER_SECONDS", 0.002)
 # ... or until this many writes, or this many bytes of request bodies, are waiting (RabbitMQ refuses

@@ -9,6 +9,7 @@ import time
 
 from celery import current_app, shared_task
 from django.conf import settings
+from django.db import OperationalError, connections
 
 from readmodels.projector import project_shard
 from readmodels.repair import repair_shard
@@ -61,7 +62,14 @@ def _send_projection_task(shard: str, asked_at: float) -> None:
 
 @shared_task(name=PROJECT_TASK, ignore_result=True)
 def project_shard_task(shard: str) -> int:
-    return project_shard(shard)
+    try:
+        return project_shard(shard)
+    except OperationalError:
+        # A worker reuses its connections across tasks (CELERY_DB_REUSE_MAX), and Django does not reopen
+        # one whose server went away: every later run on this shard would fail on the dead connection,
+        # even once a promoted standby serves the shard. Close it, and run once more on a fresh one.
+        connections[shard].close()
+        return project_shard(shard)
 
 
 @shared_task(name="readmodels.project_all", ignore_result=True)

@@ -30,9 +30,12 @@ def database_url(alias: str) -> str:
     config = connections[alias].settings_dict
     user = config.get("USER") or "postgres"
     password = f":{config['PASSWORD']}" if config.get("PASSWORD") else ""
-    host = config.get("HOST") or "127.0.0.1"
-    port = config.get("PORT") or 5432
-    return f"postgres://{user}{password}@{host}:{port}/{config['NAME']}"
+    hosts = str(config.get("HOST") or "127.0.0.1").split(",")
+    ports = str(config.get("PORT") or 5432).split(",")
+    servers = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports * len(hosts), strict=False))
+    attrs = config.get("OPTIONS", {}).get("target_session_attrs")
+    query = f"?target_session_attrs={attrs}" if attrs else ""
+    return f"postgres://{user}{password}@{servers}/{config['NAME']}{query}"
 
 
 def stack_environment() -> dict[str, str]:

@@ -30,6 +30,7 @@ from kombu import Connection, Consumer, Message
 
 from readmodels.tasks import request_projection
 from writes.apply import ApplyResult, PublishedMessage, apply_messages, message_id
+from writes.broker import rotated_broker_url
 from writes.metrics import DEAD_LETTERED
 from writes.publisher import APPLY_TASK
 from writes.queues import MSGPACK_CONTENT_TYPE, queue_name, register_serializer, shard_queue
@@ -85,6 +86,7 @@ class ShardQueueConsumer(threading.Thread):
         self.max_rows = max_rows
         self.max_wait = max_wait
         self.prefetch = prefetch
+        self.reconnects = 0
         self.pending: list[Delivery] = []
         # Delivery tags received on the current channel and not yet acked or rejected.
         self.outstanding: set[int] = set()
@@ -103,13 +105,14 @@ class ShardQueueConsumer(threading.Thread):
                 logger.exception("%s: consumer failed; reconnecting", self.queue.name)
                 self.pending = []
                 self.outstanding = set()
+                self.reconnects += 1  # the next connection starts at the next broker node
                 self.stopping.wait(RECONNECT_SECONDS)
             finally:
                 self.consuming.clear()
         connections.close_all()
 
     def _consume(self) -> None:
-        with Connection(settings.CELERY_BROKER_URL, heartbeat=0, connect_timeout=5) as connection:
+        with Connection(rotated_broker_url(self.reconnects), heartbeat=0, connect_timeout=5) as connection:
             channel = connection.channel()
             consumer = Consumer(
                 channel,

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from writes.models import ShardMap
 from writes.queues import dead_letter_queue, queue_name
+from writes.topology import ServerRole, broker_node_roles, shard_server_roles
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ class Overview:
     shards: list[ShardStatus]
     dead_letters: int | None
     generated_at: datetime
+    #: Each broker node (up, unreachable) and each shard's servers (primary, standby, unreachable).
+    broker_nodes: list[ServerRole] = field(default_factory=list)
+    shard_servers: dict[str, list[ServerRole]] = field(default_factory=dict)
 
 
 def queue_counts(names: list[str]) -> dict[str, QueueCounts | None]:
@@ -209,7 +213,13 @@ def collect_overview() -> Overview:
         read_log_figures(status)
         status.projections = projection_statuses(status.shard)
     dead = counts[dead_letter_name]
-    return Overview(shards=statuses, dead_letters=dead.ready if dead else None, generated_at=datetime.now(UTC))
+    return Overview(
+        shards=statuses,
+        dead_letters=dead.ready if dead else None,
+        generated_at=datetime.now(UTC),
+        broker_nodes=broker_node_roles(),
+        shard_servers={alias: shard_server_roles(alias) for alias in settings.SHARD_ALIASES},
+    )
 
 
 _cache_lock = threading.Lock()
@@ -240,6 +250,10 @@ def overview_as_dict(view: Overview) -> dict[str, Any]:
     return {
         "generated_at": view.generated_at.isoformat(),
         "dead_letters": view.dead_letters,
+        "broker_nodes": [{"node": r.server, "role": r.role} for r in view.broker_nodes],
+        "shard_servers": {
+            alias: [{"server": r.server, "role": r.role} for r in roles] for alias, roles in view.shard_servers.items()
+        },
         "shards": [
             {
                 "shard": s.shard,

@@ -54,6 +54,14 @@ def exchange() -> Exchange:
     return Exchange(settings.WRITES_QUEUE_PREFIX, type="direct", durable=True)
 
 
+def quorum_arguments() -> dict[str, Any]:
+    """What every write-path queue is: a quorum queue, with ``WRITES_QUEUE_REPLICAS`` replicas if set."""
+    arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+    if settings.WRITES_QUEUE_REPLICAS > 0:
+        arguments["x-quorum-initial-group-size"] = settings.WRITES_QUEUE_REPLICAS
+    return arguments
+
+
 def shard_queue(alias: str) -> Queue:
     """The write queue of one physical shard."""
     return Queue(
@@ -62,7 +70,7 @@ def shard_queue(alias: str) -> Queue:
         routing_key=queue_name(alias),
         durable=True,
         queue_arguments={
-            "x-queue-type": "quorum",
+            **quorum_arguments(),
             # Bounded: a full queue nacks the publish and the API answers 503 instead of piling up.
             "x-max-length": settings.WRITES_QUEUE_MAX_LENGTH,
             "x-max-length-bytes": settings.WRITES_QUEUE_MAX_BYTES,
@@ -81,7 +89,7 @@ def dead_letter_queue() -> Queue:
         exchange=exchange(),
         routing_key=dead_letter_queue_name(),
         durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
+        queue_arguments=quorum_arguments(),
     )
 
 
@@ -92,7 +100,7 @@ def maintenance_queue() -> Queue:
         exchange=exchange(),
         routing_key=maintenance_queue_name(),
         durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
+        queue_arguments=quorum_arguments(),
     )
 
 
@@ -110,7 +118,7 @@ def hold_queue(logical_shard: int) -> Queue:
         exchange=exchange(),
         routing_key=hold_queue_name(logical_shard),
         durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
+        queue_arguments=quorum_arguments(),
     )
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from django.conf import settings
-from kombu import Connection
+from writes.broker import broker_connection
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:
     try:
-        with Connection(settings.CELERY_BROKER_URL, connect_timeout=timeout) as connection:
-            connection.connect()
-        return True
+        with broker_connection(connect_timeout=timeout):
+            return True
     except Exception:
         return False

@@ -20,19 +20,24 @@ from psycopg_pool import AsyncConnectionPool
 logger = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 0.5
+#: libpq parameters a database URL's query string may carry (the ``OPTIONS`` dj-database-url makes).
+LIBPQ_OPTIONS = ("target_session_attrs", "sslmode", "sslrootcert", "sslcert", "sslkey", "options")
 
 
 def connection_kwargs(alias: str) -> dict[str, Any]:
-    """libpq parameters of a Django database alias."""
+    """libpq parameters of a Django database alias. HOST and PORT may be comma-separated lists (a
+    primary and its standbys), with ``target_session_attrs=read-write`` choosing the primary."""
     config = settings.DATABASES[alias]
+    options = config.get("OPTIONS", {})
     kwargs: dict[str, Any] = {
         "dbname": config["NAME"],
         "user": config.get("USER") or None,
         "password": config.get("PASSWORD") or None,
         "host": config.get("HOST") or None,
         "port": config.get("PORT") or None,
-        "connect_timeout": config.get("OPTIONS", {}).get("connect_timeout", 3),
+        "connect_timeout": options.get("connect_timeout", 3),
         "application_name": "writes-edge",
+        **{name: options[name] for name in LIBPQ_OPTIONS if name in options},
     }
     return {key: value for key, value in kwargs.items() if value is not None}
 

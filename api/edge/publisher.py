@@ -28,6 +28,7 @@ import msgspec
 from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp.commands import Basic
 
+from writes.broker import broker_urls
 from writes.errors import BrokerUnavailable, PublishError, QueueFull
 from writes.metrics import PUBLISH_CONFIRM_SECONDS, WRITES_PER_MESSAGE
 from writes.publisher import WriteGroup, apply_task_message
@@ -38,14 +39,17 @@ logger = logging.getLogger(__name__)
 _msgpack = msgspec.msgpack.Encoder()
 
 QUEUED, SENT, GONE = 0, 1, 2
+NACK_RESET_SECONDS = 2.0
 
 
 class PublishOutcomeUnknown(BrokerUnavailable):
     """The confirm was late and the shard could not be asked whether the message was applied."""
 
 
-class _MaybePublished(BrokerUnavailable):
-    """The connection failed while the message was on the wire: the broker may have taken it."""
+class PublishInterrupted(BrokerUnavailable):
+    """The connection went while a message was being published or awaited its confirm: its frames may
+    have reached the queue (a cluster node stopping after its queue took the message), so it is settled
+    like a late confirm, never simply answered 503."""
 
 
 @dataclass(slots=True, eq=False)
@@ -85,6 +89,12 @@ class EdgePublisher:
         abandon: AbandonMessage,
     ) -> None:
         self.broker_url = broker_url
+        # Several nodes (";"-separated): tried in turn from the one last connected to; a lost connection
+        # moves on to the next node first, so a dead node costs one failed attempt, not every reconnect.
+        self.nodes = broker_urls(broker_url)
+        self._node = 0
+        self._lost = False
+        self._nacked_since: float | None = None
         self.linger_seconds = linger_seconds
         self.max_writes = max_writes
         self.max_bytes = max_bytes
@@ -187,17 +197,16 @@ class EdgePublisher:
             publishing.add_done_callback(_retrieve)
             deadline = min(item.deadline for item in batch)
             done, _ = await asyncio.wait({publishing}, timeout=max(0.0, deadline - loop.time()))
-            if not done:
-                if await self._settle_late(shard, task_id):
-                    raise BrokerUnavailable("The broker did not confirm the write in time; it will not be applied.")
-            else:
+            if done:
                 try:
                     publishing.result()
-                except _MaybePublished as lost:
-                    # The broker may have stored the message before its connection died: the message is
-                    # settled like a late confirm, so a 503 still means "never applied".
+                except PublishInterrupted:
                     if await self._settle_late(shard, task_id):
-                        raise BrokerUnavailable(f"{lost} The write will not be applied.") from lost
+                        raise BrokerUnavailable(
+                            "The broker connection was lost before the confirm; the write will not be applied."
+                        ) from None
+            elif await self._settle_late(shard, task_id):
+                raise BrokerUnavailable("The broker did not confirm the write in time; it will not be applied.")
         except PublishError as exc:
             _fail(batch, exc)
         except Exception as exc:  # never let a send die silently: fail these requests, keep serving
@@ -244,28 +253,37 @@ class EdgePublisher:
         except aiormq.exceptions.PublishError as exc:  # returned: no queue is bound under that name
             raise BrokerUnavailable(f"The queue for {shard} does not exist.") from exc
         except aiormq.exceptions.DeliveryError as exc:
+            await self._nacked()
             raise QueueFull(f"The queue for {shard} is full.") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.CancelledError) as exc:
             await self._reset()
-            raise _MaybePublished(f"The broker is unavailable ({exc.__class__.__name__}).") from exc
+            raise PublishInterrupted(f"The broker is unavailable ({exc.__class__.__name__}).") from exc
         if isinstance(confirmation, Basic.Nack):
+            await self._nacked()
             raise QueueFull(f"The queue for {shard} is full.")
+        self._nacked_since = None
+
+    async def _nacked(self) -> None:
+        """Nacks for longer than ``NACK_RESET_SECONDS`` in a row: open a new channel. After a quorum
+        queue's leader was lost, a channel may go on being nacked although the queue has room (seen in
+        the broker node kill fault test); a new channel publishes normally, and to a queue that really is
+        full a reconnection every few seconds costs nothing."""
+        now = asyncio.get_running_loop().time()
+        if self._nacked_since is None:
+            self._nacked_since = now
+        elif now - self._nacked_since > NACK_RESET_SECONDS:
+            self._nacked_since = None
+            logger.warning("publishes nacked for over %.0f s: opening a new channel", NACK_RESET_SECONDS)
+            await self._reset()
 
     async def _ensure_channel(self, shard: str) -> AbstractChannel:
         async with self._connecting:
             if self._channel is None or self._channel.is_closed:
                 await self._reset()
-                try:
-                    self._connection = await asyncio.wait_for(
-                        aiormq.connect(self.broker_url), timeout=self.timeout_seconds
-                    )
-                    self._channel = await self._connection.channel(publisher_confirms=True)
-                    for extra in (dead_letter_queue(), maintenance_queue()):
-                        await _declare(self._channel, extra)
-                except (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError) as exc:
-                    await self._reset()
-                    raise BrokerUnavailable(f"The broker cannot be reached ({exc.__class__.__name__}).") from exc
+                await self._connect()
             channel = self._channel
+            if channel is None:
+                raise BrokerUnavailable("The broker connection closed while opening.")
             queue = shard_queue(shard)
             if queue.name not in self._declared:
                 try:
@@ -276,7 +294,37 @@ class EdgePublisher:
                 self._declared.add(queue.name)
             return channel
 
+    async def _connect(self) -> None:
+        """Open a confirming channel on the first node that answers, each node given an equal share of
+        the request timeout."""
+        if self._lost:
+            self._node = (self._node + 1) % len(self.nodes)
+            self._lost = False
+        per_node = max(0.2, self.timeout_seconds / len(self.nodes))
+        failure: BaseException | None = None
+        for step in range(len(self.nodes)):
+            node = (self._node + step) % len(self.nodes)
+            try:
+                self._connection = await asyncio.wait_for(aiormq.connect(self.nodes[node]), timeout=per_node)
+                self._channel = await asyncio.wait_for(
+                    self._connection.channel(publisher_confirms=True), timeout=per_node
+                )
+                for extra in (dead_letter_queue(), maintenance_queue()):
+                    await asyncio.wait_for(_declare(self._channel, extra), timeout=per_node)
+            except (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError) as exc:
+                failure = exc
+                await self._reset()
+                self._lost = False
+                continue
+            self._node = node
+            return
+        raise BrokerUnavailable(
+            f"No broker node can be reached ({failure.__class__.__name__}, {len(self.nodes)} tried)."
+        ) from failure
+
     async def _reset(self) -> None:
+        if self._channel is not None:
+            self._lost = True  # the next connection starts at the next node
         connection, self._connection, self._channel = self._connection, None, None
         self._declared = set()
         if connection is not None:

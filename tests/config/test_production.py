@@ -52,3 +52,16 @@ def test_docker_image_starts_with_production_settings():
     dockerfile = (ROOT / "Dockerfile").read_text()
     env_lines = [line for line in dockerfile.splitlines() if line.startswith("ENV ")]
     assert any("DJANGO_SETTINGS_MODULE=config.production" in line for line in env_lines)
+
+
+def test_production_secret_key_is_read_from_secret_key_file_when_the_variable_is_empty(
+    production_environment, tmp_path
+):
+    key_file = tmp_path / "secret_key"
+    key_file.write_text("k" * 64 + "\n")
+    production_environment.setenv("SECRET_KEY", "")
+    production_environment.setenv("SECRET_KEY_FILE", str(key_file))
+    assert runpy.run_module("config.production")["SECRET_KEY"] == "k" * 64
+    production_environment.setenv("SECRET_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(Exception, match="SECRET_KEY"):
+        runpy.run_module("config.production")

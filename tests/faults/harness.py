@@ -452,3 +452,253 @@ def shard_unavailable(alias: str) -> Iterator[None]:
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             connections[alias].close()  # whatever the test opened meanwhile was refused or terminated
+
+
+def rabbitmqctl(node: str, *args: str, timeout: float = 60) -> str:
+    """``rabbitmqctl -n node ...`` (the Debian wrapper runs it as the rabbitmq user, whose Erlang cookie
+    every private node shares, since they run as that user too)."""
+    result = subprocess.run(
+        ["rabbitmqctl", "-q", "-n", node, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl -n {node} {' '.join(args)}: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+class RabbitCluster:
+    """Three private RabbitMQ nodes joined into one cluster (``join_cluster``): own node names, ports and
+    data directories. ``url`` lists every node, ``;``-separated, as ``CELERY_BROKER_URL`` takes it."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes = [PrivateRabbit() for _ in range(size)]
+        self.url = ";".join(node.url for node in self.nodes)
+        self.kills: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.start(), self.nodes))
+        first = self.nodes[0].node
+        for node in self.nodes[1:]:
+            rabbitmqctl(node.node, "stop_app")
+            rabbitmqctl(node.node, "join_cluster", first)
+            rabbitmqctl(node.node, "start_app")
+        wait_until(lambda: len(self.running_nodes()) == len(self.nodes), timeout=60, what="cluster formed")
+
+    def running(self) -> list[PrivateRabbit]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def running_nodes(self) -> list[str]:
+        """Node names the cluster reports running, asked of a node that is up."""
+        for node in self.running():
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                status = json.loads(rabbitmqctl(node.node, "cluster_status", "--formatter", "json", timeout=20))
+                return sorted(status.get("running_nodes", []))
+        return []
+
+    def queue_leaders(self, prefix: str) -> dict[str, str]:
+        """Quorum queue name → the node leading it, for this test's queues."""
+        for node in self.running():
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                rows = json.loads(
+                    rabbitmqctl(node.node, "list_queues", "name", "leader", "--formatter", "json", timeout=20)
+                )
+                return {row["name"]: row["leader"] for row in rows if row["name"].startswith(prefix)}
+        return {}
+
+    def node_named(self, name: str) -> PrivateRabbit:
+        return next(node for node in self.nodes if node.node == name)
+
+    def kill(self, node: PrivateRabbit) -> None:
+        """SIGKILL the node's Erlang VM: a crash, not a shutdown."""
+        for pid in node.node_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if node.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait()
+        wait_until(lambda: not node.answers() and not node.node_pids(), timeout=30, what="node killed")
+        node.process = None
+
+    def restart(self, node: PrivateRabbit) -> None:
+        """Start a stopped or killed node again; it rejoins the cluster from its own data directory."""
+        node.start()
+        wait_until(lambda: node.node in self.running_nodes(), timeout=60, what=f"{node.node} rejoined")
+
+    def destroy(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.destroy()
+
+
+POSTGRES_BIN = Path(os.environ.get("FAULTS_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _as_postgres(command: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
+    """PostgreSQL's tools refuse to run as root: run them as the postgres user then."""
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    return subprocess.run(command, capture_output=True, text=True, check=True, **options)
+
+
+class PrivatePostgres:
+    """One PostgreSQL server of the test's own (own port, data directory and socket directory), made with
+    the standard tools: ``initdb`` for a primary, ``pg_basebackup -R`` from a primary for a standby."""
+
+    def __init__(self, base: Path, name: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.data = base / name
+        self.socket_dir = base / f"{name}-socket"
+        self.socket_dir.mkdir()
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.socket_dir, user.pw_uid, user.pw_gid)
+        self.log = base / f"{name}.log"
+
+    @classmethod
+    def primary(cls, base: Path, name: str, *, synchronous_standby: str) -> PrivatePostgres:
+        server = cls(base, name)
+        _as_postgres([str(POSTGRES_BIN / "initdb"), "-D", str(server.data), "-U", "postgres", "--auth=trust", "-N"])
+        with (server.data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"\nport = {server.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{server.socket_dir}'\n"
+                "wal_level = replica\nmax_wal_senders = 5\nmax_connections = 100\nshared_buffers = 64MB\n"
+                f"synchronous_standby_names = 'ANY 1 ({synchronous_standby})'\n"
+                "synchronous_commit = on\n"
+            )
+        return server
+
+    @classmethod
+    def standby_of(cls, primary: PrivatePostgres, name: str) -> PrivatePostgres:
+        server = cls(primary.data.parent, name)
+        _as_postgres(
+            [
+                str(POSTGRES_BIN / "pg_basebackup"),
+                *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"),
+                *("-D", str(server.data), "-R", "-X", "stream", "-c", "fast"),
+            ],
+            timeout=120,
+        )
+        with (server.data / "postgresql.conf").open("a") as conf:
+            # cluster_name is the walreceiver's application_name: what synchronous_standby_names names.
+            conf.write(
+                f"\nport = {server.port}\nunix_socket_directories = '{server.socket_dir}'\n"
+                f"cluster_name = '{name}'\nhot_standby = on\nsynchronous_standby_names = ''\n"
+            )
+        return server
+
+    def start(self) -> None:
+        _as_postgres(
+            [str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start"], timeout=60
+        )
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data / "postmaster.pid").read_text().splitlines()[0])
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend: the server is gone as if its machine died."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        for victim in [pid, *children_of(pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: not Path(f"/proc/{pid}").exists() or b"(postgres) Z" in _stat(pid), timeout=10, what="killed"
+        )
+
+    def promote(self) -> None:
+        _as_postgres([str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-w", "promote"], timeout=60)
+
+    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as c:
+            cursor = c.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def stop(self) -> None:
+        pid = self.postmaster_pid()
+        if pid is not None and Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                _as_postgres(
+                    [str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"], timeout=30
+                )
+            self.kill()
+
+
+def _stat(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return b""
+
+
+class ReplicatedShard:
+    """A primary and a synchronous streaming standby for one shard, in a temporary directory: a COMMIT
+    on the primary returns once the standby has its WAL."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="faults-postgres-"))
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.base, user.pw_uid, user.pw_gid)
+        self.primary = PrivatePostgres.primary(self.base, "primary", synchronous_standby="standby")
+        self.primary.start()
+        self.standby = PrivatePostgres.standby_of(self.primary, "standby")
+        self.standby.start()
+        wait_until(self.standby_is_synchronous, timeout=30, what="the standby streams synchronously")
+
+    def standby_is_synchronous(self) -> bool:
+        rows = self.primary.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'")
+        return bool(rows) and rows[0][0] in ("sync", "quorum")
+
+    def hosts(self) -> tuple[str, str]:
+        """HOST and PORT of a Django database naming both servers, primary first."""
+        return "127.0.0.1,127.0.0.1", f"{self.primary.port},{self.standby.port}"
+
+    def destroy(self) -> None:
+        for server in (self.standby, self.primary):
+            with contextlib.suppress(Exception):
+                server.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def shard_served_by(alias: str, shard: ReplicatedShard) -> Iterator[None]:
+    """Move a (test) shard alias onto a replicated shard for the block: the same database name, created
+    and migrated on its primary; this process's connection and every child started meanwhile
+    (``stack_environment``) name the primary and the standby, ``target_session_attrs=read-write``."""
+    from django.core.management import call_command
+
+    config = connections[alias].settings_dict  # the very dict every new connection of this alias reads
+    name = config["NAME"]
+    assert name.startswith("test_"), "only ever a test database"
+    saved = {key: config.get(key) for key in ("HOST", "PORT", "OPTIONS")}
+    _disconnect(alias)
+    shard.primary.execute(f'CREATE DATABASE "{name}"')
+    host, port = shard.hosts()
+    config.update(HOST=host, PORT=port, OPTIONS={**(config.get("OPTIONS") or {}), "target_session_attrs": "read-write"})
+    try:
+        call_command("migrate", database=alias, verbosity=0)
+        yield
+    finally:
+        _disconnect(alias)
+        config.update(saved)
+
+
+def _disconnect(alias: str) -> None:
+    """Close the alias's connection and its pool (a pool keeps the servers it was made with)."""
+    connection = connections[alias]
+    connection.close()
+    close_pool = getattr(connection, "close_pool", None)
+    if close_pool is not None:
+        close_pool()

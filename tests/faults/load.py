@@ -333,7 +333,9 @@ class Load:
         """What the client saw lately, for a failure message: answers of the last 10 s by kind, on the wire."""
         recent = time.monotonic() - 10
         with self.history.lock:
-            lately = Counter(f"{a.kind} {a.status}" for a in self.history.attempts if a.ended > recent)
+            lately = Counter(
+                f"{a.kind} {a.status} {a.code or ''}".strip() for a in self.history.attempts if a.ended > recent
+            )
             on_the_wire = self.history.on_the_wire
         return f"answers in the last 10 s: {dict(lately)}, requests on the wire: {on_the_wire}"
 

@@ -82,6 +82,36 @@ def _poison(evidence: dict[str, Any]) -> str:
     )
 
 
+def _node_kill(evidence: dict[str, Any]) -> str:
+    kills = evidence.get("kills", [])
+    led = sum(len(k.get("queues_it_led", [])) for k in kills)
+    return (
+        f"{len(kills)} SIGKILLs of the node leading the shard queues ({led} queue leaderships moved); "
+        f"writes refused at most {evidence.get('seconds_without_a_202')} s "
+        f"({sum(k.get('refused_answers', 0) for k in kills)} refusals, 503 with `Retry-After`)"
+    )
+
+
+def _quorum_loss(evidence: dict[str, Any]) -> str:
+    return (
+        f"2 of 3 nodes down {evidence.get('seconds_without_quorum')} s: "
+        f"all {evidence.get('answers_while_without_quorum')} "
+        f"answers {'/'.join(str(s) for s in evidence.get('answers_while_without_quorum_by_status', []))} with "
+        f"`Retry-After`, {evidence.get('accepted_while_without_quorum')} accepted; a 202 again "
+        f"{evidence.get('seconds_from_node_back_to_first_202')} s after a node returned"
+    )
+
+
+def _failover(evidence: dict[str, Any]) -> str:
+    states = ", ".join(row[1] for row in evidence.get("replication_before_kill", []))
+    return (
+        f"primary SIGKILLed with a synchronous standby ({states}), promoted "
+        f"{evidence.get('seconds_kill_to_promoted')} s later; nothing applied for "
+        f"{evidence.get('seconds_without_applying')} s, "
+        f"writes refused at most {evidence.get('seconds_without_a_202')} s"
+    )
+
+
 FAULTS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "worker_sigkill": ("worker SIGKILL inside a batch transaction", _worker),
     "worker_sigkill_multi_message": ("worker SIGKILL inside a multi-message transaction", _worker_multi),
@@ -89,6 +119,9 @@ FAULTS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "shard_unavailable": ("one shard unreachable", _shard),
     "api_sigkill": ("API process SIGKILL with requests in flight", _api),
     "poison_writes": ("poison writes, transient failure → dead letter", _poison),
+    "broker_node_kill": ("RabbitMQ node leading the queues SIGKILLed (3-node cluster)", _node_kill),
+    "broker_quorum_loss": ("2 of 3 RabbitMQ nodes stopped, one returns", _quorum_loss),
+    "shard_failover": ("shard primary SIGKILLed, standby promoted", _failover),
 }
 
 COLUMNS = (

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from io import StringIO
 
 import pytest
@@ -57,3 +58,12 @@ def test_prepare_databases_names_the_service_that_does_not_answer_and_how_to_sta
     assert no_broker.returncode != 0
     assert "RabbitMQ does not answer at amqp://***@127.0.0.1:1//" in no_broker.stderr
     assert "rabbitmq-server -detached" in no_broker.stderr
+
+
+def test_prepare_databases_with_wait_keeps_retrying_a_server_that_does_not_answer_until_the_deadline():
+    started = time.monotonic()
+    waited = run_manage("prepare_databases", "--wait", "3", CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//")
+    assert waited.returncode != 0
+    assert time.monotonic() - started >= 3
+    assert waited.stderr.count("Retrying.") >= 1
+    assert "RabbitMQ does not answer" in waited.stderr

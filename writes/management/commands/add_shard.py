@@ -15,7 +15,8 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from kombu import Connection
 
 from config.settings import database
-from writes.management.commands.prepare_databases import ensure_database, redacted
+from writes.broker import redacted
+from writes.management.commands.prepare_databases import ensure_database
 from writes.queues import queue_name, shard_queue
 
 

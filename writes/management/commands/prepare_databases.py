@@ -5,6 +5,7 @@ Run by ``make run`` before ``migrate``; says which service is down, where it loo
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -13,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from writes.broker import redacted
 from writes.readiness import broker_reachable
 
 POSTGRES_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -22,7 +24,28 @@ RABBITMQ_HINT = "rabbitmq-server -detached"
 class Command(BaseCommand):
     help = "Check the database server and the broker, and create the control and shard databases if missing."
 
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--wait",
+            type=float,
+            default=0.0,
+            metavar="SECONDS",
+            help="keep retrying for this long while a server does not answer yet (containers starting)",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        deadline = time.monotonic() + options["wait"]
+        while True:
+            try:
+                self._prepare()
+                return
+            except CommandError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                self.stderr.write(f"{exc} Retrying.")
+                time.sleep(2)
+
+    def _prepare(self) -> None:
         for alias, config in settings.DATABASES.items():
             if ensure_database(alias, config):
                 self.stdout.write(f"created database {config['NAME']} ({alias})")
@@ -44,6 +67,8 @@ def ensure_database(alias: str, config: dict[str, Any]) -> bool:
         user=config.get("USER") or None,
         password=config.get("PASSWORD") or None,
         connect_timeout=3,
+        # A primary and its standbys: the database is created on the primary.
+        target_session_attrs=config.get("OPTIONS", {}).get("target_session_attrs") or None,
     )
     try:
         with psycopg.connect(conninfo, autocommit=True) as connection:
@@ -57,10 +82,3 @@ def ensure_database(alias: str, config: dict[str, Any]) -> bool:
             f"PostgreSQL does not answer at {where} (database {alias}): {str(exc).strip()}. "
             f"Start it (for example: {POSTGRES_HINT}) or set DATABASE_URL / SHARD_DATABASE_URLS."
         ) from exc
-
-
-def redacted(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

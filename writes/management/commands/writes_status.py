@@ -1,4 +1,5 @@
-"""``writes_status [--json]``: the operations page on the command line (queues, apply rates, lag per shard)."""
+"""``writes_status [--json]``: the operations page on the command line (queues, apply rates, lag per shard),
+and each broker node and shard server with its role."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class Command(BaseCommand):
             self._busiest(options["busiest"])
             return
         view = collect_overview()
+        brokers, servers = view.broker_nodes, view.shard_servers
         if options["json"]:
             self.stdout.write(json.dumps(overview_as_dict(view)))
             return
@@ -59,6 +61,9 @@ class Command(BaseCommand):
                     + (f"; last repair drift {p.last_repair_drift}" if p.last_repair_drift is not None else "")
                 )
         self.stdout.write(f"dead-letter queue: {_number(view.dead_letters)} message(s)")
+        self.stdout.write("broker nodes: " + ", ".join(f"{r.server} {r.role}" for r in brokers))
+        for alias, roles in servers.items():
+            self.stdout.write(f"{alias} servers: " + ", ".join(f"{r.server} {r.role}" for r in roles))
 
     def _busiest(self, shard: str) -> None:
         if shard not in settings.SHARD_ALIASES:
