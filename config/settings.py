@@ -180,6 +180,11 @@ WRITES_QUEUE_PREFIX = env("WRITES_QUEUE_PREFIX", "writes")
 WRITES_QUEUE_MAX_LENGTH = env_int("WRITES_QUEUE_MAX_LENGTH", 100_000)
 WRITES_QUEUE_MAX_BYTES = env_int("WRITES_QUEUE_MAX_BYTES", 2 * 1024**3)
 WRITES_QUEUE_DELIVERY_LIMIT = env_int("WRITES_QUEUE_DELIVERY_LIMIT", 20)
+# The three above reach the broker as a policy (writes/queue_policies.py), written by `prepare_queues`
+# through the management HTTP API (default: port 15672 on the broker's host, the broker's user) or, with a
+# local broker and no management plugin, rabbitmqctl (RABBITMQCTL_NODE: that node's name, to use it always).
+RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", "")
+RABBITMQCTL_NODE = env("RABBITMQCTL_NODE", "")
 # The coalescing publisher waits at most this long to gather writes into one message ...
 WRITES_PUBLISH_LINGER_SECONDS = env_float("WRITES_PUBLISH_LINGER_SECONDS", 0.002)
 # ... or until this many writes, or this many bytes of request bodies, are waiting (RabbitMQ refuses
