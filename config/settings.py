@@ -227,6 +227,11 @@ WRITES_MOVE_CHUNK_ROWS = env_int("WRITES_MOVE_CHUNK_ROWS", 5_000)
 WRITES_MOVE_MAX_CATCH_UP_SECONDS = env_float("WRITES_MOVE_MAX_CATCH_UP_SECONDS", 600.0)
 
 # --- HTTP API ------------------------------------------------------------------------------
+# Where the Django admin (and its operations page) answers, e.g. "back-office-7f3a/": off the path every
+# scanner tries first. Slashes around it are optional.
+ADMIN_PATH = env("ADMIN_PATH", "admin/").strip().strip("/") + "/"
+if ADMIN_PATH == "/":
+    raise ValueError("ADMIN_PATH must not be empty: the admin would shadow every other route.")
 # The ASGI edge (api/edge): API processes, its database connections, and per-tenant bounds.
 API_PROCESSES = env_int("API_PROCESSES", 2)
 EDGE_DATABASE_POOL_SIZE = env_int("EDGE_DATABASE_POOL_SIZE", 4)
