@@ -41,7 +41,7 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
 
 
 # Where save_model leaves a new key's secret for response_add: on the request object only.
-ISSUED_SECRET_ATTRIBUTE = "_writes_issued_api_key"
+ISSUED_SECRET_ATTRIBUTE = "_writes_issued_api_key"  # noqa: S105 - an attribute name, not a secret
 
 
 @admin.register(ApiKey)

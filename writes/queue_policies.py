@@ -147,7 +147,9 @@ def _policy_store() -> _PolicyStore:
         api._call("GET", "overview")
         return api
     except urllib.error.HTTPError as exc:
-        raise QueueSetupError(f"{api.where} answered {exc.code} ({exc.reason}): the user needs the policymaker tag.") from exc
+        raise QueueSetupError(
+            f"{api.where} answered {exc.code} ({exc.reason}): the user needs the policymaker tag."
+        ) from exc
     except OSError as exc:
         # Nothing listens there. A broker on this machine can still be reached with rabbitmqctl, unless
         # the URL was given on purpose (then it must answer).
@@ -205,7 +207,7 @@ def prepare_queues(*, report: Any = None) -> None:
 
 def _declare(connection: Connection, queue: Queue) -> bool:
     """Declare ``queue`` (exchange and binding too); False when it exists with other arguments."""
-    channel = connection.channel()
+    channel: Any = connection.channel()
     try:
         queue.bind(channel).declare()
         return True

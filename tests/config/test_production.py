@@ -67,7 +67,7 @@ def _image() -> tuple[dict[str, str], list[str]]:
     command: list[str] = []
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("ENV "):
-            environment.update(pair.split("=", 1) for pair in line[4:].split())
+            environment.update(tuple(pair.split("=", 1)) for pair in line[4:].split())  # type: ignore[misc]
         elif line.startswith("CMD "):
             command = json.loads(line[4:])
     return environment, command
@@ -78,7 +78,7 @@ def test_the_image_command_runs_with_production_settings_and_refuses_to_start_wi
     assert command[:3] == ["python", "manage.py", "serve_api"]
     port = str(free_port())  # should it start after all, it must not take anyone's port 8000
     command = [sys.executable, *command[1:]]
-    command = [port if part == "8000" else ("127.0.0.1" if part == "0.0.0.0" else part) for part in command]  # noqa: S104
+    command = [port if part == "8000" else ("127.0.0.1" if part == "0.0.0.0" else part) for part in command]
     base = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE"}}
     process = subprocess.Popen(
         command,

@@ -19,7 +19,7 @@ from writes.services import hash_api_key
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
-PASSWORD = "pw-for-http-tests"  # noqa: S105 - a test user's
+PASSWORD = "pw-for-http-tests"
 
 
 def _csrf_token(page: str) -> str:
@@ -35,12 +35,12 @@ def _set_cookies(responses: list[httpx.Response]) -> list[str]:
 def _message_texts(set_cookies: list[str]) -> list[str]:
     """What Django's cookie-backed messages in these headers say (they are signed and may be compressed,
     so the secret could hide in them without appearing as it is)."""
-    texts = []
+    texts: list[str] = []
     for header in set_cookies:
         name, _, rest = header.partition("=")
         if name.strip() == "messages":
             value = rest.split(";", 1)[0].strip('"')
-            decoded = CookieStorage(HttpRequest())._decode(value) if value else None  # type: ignore[no-untyped-call]
+            decoded = CookieStorage(HttpRequest())._decode(value) if value else None  # type: ignore[attr-defined]
             texts.extend(str(message) for message in decoded or [])
     return texts
 
