@@ -17,6 +17,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python manage.py prepare_databases
 	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/python manage.py prepare_queues
 	$(BIN)/python manage.py runstack
 
 # Debian's chromium and chromedriver, for the operations page's browser test (run as root; CI does).

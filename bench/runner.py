@@ -273,6 +273,7 @@ class BenchRun:
         self.say(f"preparing databases {self.environment.db_prefix}_* and queues {self.environment.queue_prefix}.*")
         self.environment.manage("prepare_databases")
         self.environment.manage("migrate", "--verbosity", "0")
+        self.environment.manage("prepare_queues")  # the queues' policy: their bounds and delivery limit
         for alias in self.environment.shard_aliases:
             with self.environment.connect(alias) as connection:
                 # A clean slate: counts, lags and positions below belong to this run alone.

@@ -220,6 +220,11 @@ WRITES_QUEUE_DELIVERY_LIMIT = env_int("WRITES_QUEUE_DELIVERY_LIMIT", 20)
 # the broker (a replica on every node). Fixed when a queue is created: the broker refuses a later
 # declaration with another value, so change it only with new queues (or a new WRITES_QUEUE_PREFIX).
 WRITES_QUEUE_REPLICAS = env_int("WRITES_QUEUE_REPLICAS", 0)
+# The three above reach the broker as a policy (writes/queue_policies.py), written by `prepare_queues`
+# through the management HTTP API (default: port 15672 on the broker's host, the broker's user) or, with a
+# local broker and no management plugin, rabbitmqctl (RABBITMQCTL_NODE: that node's name, to use it always).
+RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL", "")
+RABBITMQCTL_NODE = env("RABBITMQCTL_NODE", "")
 # The coalescing publisher waits at most this long to gather writes into one message ...
 WRITES_PUBLISH_LINGER_SECONDS = env_float("WRITES_PUBLISH_LINGER_SECONDS", 0.002)
 # ... or until this many writes, or this many bytes of request bodies, are waiting (RabbitMQ refuses
@@ -262,6 +267,11 @@ WRITES_MOVE_CHUNK_ROWS = env_int("WRITES_MOVE_CHUNK_ROWS", 5_000)
 WRITES_MOVE_MAX_CATCH_UP_SECONDS = env_float("WRITES_MOVE_MAX_CATCH_UP_SECONDS", 600.0)
 
 # --- HTTP API ------------------------------------------------------------------------------
+# Where the Django admin (and its operations page) answers, e.g. "back-office-7f3a/": off the path every
+# scanner tries first. Slashes around it are optional.
+ADMIN_PATH = env("ADMIN_PATH", "admin/").strip().strip("/") + "/"
+if ADMIN_PATH == "/":
+    raise ValueError("ADMIN_PATH must not be empty: the admin would shadow every other route.")
 # The ASGI edge (api/edge): API processes, its database connections, and per-tenant bounds.
 API_PROCESSES = env_int("API_PROCESSES", 2)
 EDGE_DATABASE_POOL_SIZE = env_int("EDGE_DATABASE_POOL_SIZE", 4)

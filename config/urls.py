@@ -1,7 +1,8 @@
-"""Top-level routes: the API, its schema and docs, health checks and the admin."""
+"""Top-level routes: the API, its schema and docs, health checks and the admin (under ``ADMIN_PATH``)."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -16,9 +17,13 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics, name="metrics"),
-    path("admin/operations/", admin.site.admin_view(write_admin.operations_page), name="operations"),
-    path("admin/operations/data", admin.site.admin_view(write_admin.operations_data), name="operations-data"),
-    path("admin/", admin.site.urls),
+    path(f"{settings.ADMIN_PATH}operations/", admin.site.admin_view(write_admin.operations_page), name="operations"),
+    path(
+        f"{settings.ADMIN_PATH}operations/data",
+        admin.site.admin_view(write_admin.operations_data),
+        name="operations-data",
+    ),
+    path(settings.ADMIN_PATH, admin.site.urls),
 ]
 
 handler400 = "api.errors.json_bad_request"

@@ -14,6 +14,7 @@ from django.test import TransactionTestCase
 from tests.edge import ApiClient, shared_server, stop_shared_server
 from tests.stack import Worker, purge_queues
 from writes.models import Tenant
+from writes.queue_policies import prepare_queues
 from writes.queues import maintenance_queue_name, queue_name
 from writes.services import api_key_issue, shard_for_logical, tenant_create
 
@@ -81,6 +82,12 @@ def make_tenant(name: str, *, shard: str | None = None) -> TenantHandle:
 def _api_server_stopped_at_exit(django_db_setup: None) -> Iterator[None]:
     yield
     stop_shared_server()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _queues_prepared() -> None:
+    """The suite's queues and their policy (bounds, delivery limit), as ``make run`` prepares them."""
+    prepare_queues()
 
 
 @pytest.fixture

@@ -40,6 +40,10 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
         return False  # a tenant's writes live on its shard; deleting the row would orphan them
 
 
+# Where save_model leaves a new key's secret for response_add: on the request object only.
+ISSUED_SECRET_ATTRIBUTE = "_writes_issued_api_key"  # noqa: S105 - an attribute name, not a secret
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     list_display = ["prefix", "tenant", "label", "created_at", "revoked_at"]
@@ -57,7 +61,24 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
             return
         issued = api_key_issue(tenant=obj.tenant, label=obj.label)
         obj.pk, obj.prefix, obj.created_at = issued.api_key.pk, issued.api_key.prefix, issued.api_key.created_at
-        messages.warning(request, f"New API key (shown only this once): {issued.secret}")
+        # Shown on the answer to this very request (response_add), never through django.contrib.messages:
+        # its default storage is a cookie, which would carry the secret back and forth in the clear.
+        setattr(request, ISSUED_SECRET_ATTRIBUTE, issued.secret)
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        secret = getattr(request, ISSUED_SECRET_ATTRIBUTE, None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "New API key",
+            "opts": self.opts,
+            "api_key": obj,
+            "secret": secret,
+        }
+        response = TemplateResponse(request, "admin/writes/apikey_issued.html", context)
+        response["Cache-Control"] = "no-store"  # neither the browser nor a proxy keeps a copy
+        return response
 
     @admin.action(description="Revoke selected keys (takes effect at once)")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

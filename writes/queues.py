@@ -1,11 +1,14 @@
 """Queue topology of the write path: one bounded quorum queue per shard, and their dead-letter queue.
 
 The API's publisher and the workers both declare queues from here, so their arguments always agree
-(RabbitMQ refuses a redeclaration with different arguments).
+(RabbitMQ refuses a redeclaration with different arguments). Queue arguments hold only what never
+changes; the tunable bounds (length, bytes, delivery limit) live in a RabbitMQ policy
+(``shard_queue_policy``, applied by ``writes.queue_policies``), so changing a setting changes the live queue.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -69,18 +72,47 @@ def shard_queue(alias: str) -> Queue:
         exchange=exchange(),
         routing_key=queue_name(alias),
         durable=True,
-        queue_arguments={
-            **quorum_arguments(),
-            # Bounded: a full queue nacks the publish and the API answers 503 instead of piling up.
-            "x-max-length": settings.WRITES_QUEUE_MAX_LENGTH,
-            "x-max-length-bytes": settings.WRITES_QUEUE_MAX_BYTES,
-            "x-overflow": "reject-publish",
-            # A message that keeps killing its worker, or that a task rejects for good, is parked.
-            "x-delivery-limit": settings.WRITES_QUEUE_DELIVERY_LIMIT,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": dead_letter_queue_name(),
-        },
+        queue_arguments=shard_queue_arguments(),
     )
+
+
+def shard_queue_arguments() -> dict[str, Any]:
+    """What a shard queue is declared with: only what must never change. No tunable belongs here: a
+    queue argument cannot change once the queue exists, and for the bounds the lower of argument and
+    policy wins, so a bound given here could never be raised."""
+    return {
+        **quorum_arguments(),
+        # A full queue nacks the publish (the API answers 503) instead of dropping its oldest message.
+        "x-overflow": "reject-publish",
+        # A message that keeps killing its worker, or that a task rejects for good, is parked in the
+        # dead-letter queue; at-least-once: the broker keeps it until the dead-letter queue confirmed it
+        # (the default, at-most-once, drops it when that queue is missing or refuses it).
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue_name(),
+        "x-dead-letter-strategy": "at-least-once",
+    }
+
+
+def shard_queue_policy_name() -> str:
+    return f"{settings.WRITES_QUEUE_PREFIX}.shard-bounds"
+
+
+def shard_queue_policy_pattern() -> str:
+    """Every shard queue of this prefix (also those ``add_shard`` creates later), nothing else: the hold
+    queues of a move stay unbounded, the dead-letter and maintenance queues too."""
+    return "^" + re.escape(settings.WRITES_QUEUE_PREFIX) + r"\.shard_[0-9]+$"
+
+
+def shard_queue_policy() -> dict[str, Any]:
+    """The tunables of every shard queue, carried by a policy (a change applies to the live queue)."""
+    return {
+        "max-length": settings.WRITES_QUEUE_MAX_LENGTH,
+        "max-length-bytes": settings.WRITES_QUEUE_MAX_BYTES,
+        "delivery-limit": settings.WRITES_QUEUE_DELIVERY_LIMIT,
+        # The same as the arguments (the policy's overflow would win over the argument): stated here too so
+        # that the policy alone shows the queue's whole behaviour, and at-least-once keeps its precondition.
+        "overflow": "reject-publish",
+    }
 
 
 def dead_letter_queue() -> Queue:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import runpy
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,3 +72,51 @@ def test_production_secret_key_is_read_from_secret_key_file_when_the_variable_is
     production_environment.setenv("SECRET_KEY_FILE", str(tmp_path / "missing"))
     with pytest.raises(Exception, match="SECRET_KEY"):
         runpy.run_module("config.production")
+
+
+def _image() -> tuple[dict[str, str], list[str]]:
+    """The environment the Dockerfile's ENV lines give and its CMD."""
+    environment: dict[str, str] = {}
+    command: list[str] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENV "):
+            environment.update(tuple(pair.split("=", 1)) for pair in line[4:].split())  # type: ignore[misc]
+        elif line.startswith("CMD "):
+            command = json.loads(line[4:])
+    return environment, command
+
+
+def test_the_image_command_runs_with_production_settings_and_refuses_to_start_without_secrets():
+    environment, command = _image()
+    assert command[:3] == ["python", "manage.py", "serve_api"]
+    port = str(free_port())  # should it start after all, it must not take anyone's port 8000
+    command = [sys.executable, *command[1:]]
+    command = [port if part == "8000" else ("127.0.0.1" if part == "0.0.0.0" else part) for part in command]
+    base = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE"}}
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**base, **environment},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # uvicorn's children too can be stopped at once
+    )
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the image's command started without SECRET_KEY (not production settings):\n{output[-2000:]}")
+    assert process.returncode != 0
+    assert "SECRET_KEY must be set in production" in output
+
+
+def test_every_compose_service_of_the_image_runs_with_production_settings():
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    of_the_image = {name: service for name, service in compose["services"].items() if "build" in service}
+    assert {"migrate", "api", "worker", "beat"} <= set(of_the_image)
+    for name, service in of_the_image.items():
+        assert service["environment"]["DJANGO_SETTINGS_MODULE"] == "config.production", name
+        assert "--settings" not in str(service.get("command", "")), name

@@ -47,6 +47,7 @@ from tests.faults.load import Client, History, Load
 from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_depth
 from writes.models import RejectedWrite, WriteLog
 from writes.publisher import publish_apply_message
+from writes.queue_policies import clear_queue_policies, prepare_queues
 from writes.queues import all_queues, dead_letter_queue, maintenance_queue_name, queue_name, shard_queue
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)]
@@ -62,11 +63,14 @@ def own_queues() -> Iterator[str]:
     """Queues of this test's own, so nothing left in the usual test queues is consumed or counted."""
     prefix = f"faults.{uuid.uuid4().hex[:8]}"
     with override_settings(WRITES_QUEUE_PREFIX=prefix):
+        prepare_queues()  # their policy: bounds and delivery limit, as `make run` sets them
         yield prefix
         with contextlib.suppress(Exception), Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as connection:
             channel = connection.channel()
             for queue in [*all_queues(), dead_letter_queue()]:
                 queue.bind(channel).delete()
+        with contextlib.suppress(Exception):
+            clear_queue_policies()
 
 
 def tenants_on_every_shard(name: str) -> list[TenantHandle]:
@@ -166,7 +170,8 @@ def test_broker_restart_answers_503_while_down_and_everything_recovers_by_itself
     try:
         rabbit.start()
         environment = {"CELERY_BROKER_URL": rabbit.url}
-        with override_settings(CELERY_BROKER_URL=rabbit.url):
+        with override_settings(CELERY_BROKER_URL=rabbit.url, RABBITMQCTL_NODE=rabbit.node):
+            prepare_queues()  # the private node's own policy store
             tenants = tenants_on_every_shard("broker-restart")
             api = ApiServer(environment=environment)
             workers = start_workers(environment)

@@ -28,6 +28,7 @@ from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_de
 from writes.dead_letters import dead_letters_list
 from writes.models import RejectedWrite, WriteLog
 from writes.publisher import publish_apply_message
+from writes.queue_policies import clear_queue_policies, prepare_queues
 from writes.queues import all_queues, dead_letter_queue, dead_letter_queue_name, queue_name, shard_queue
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
@@ -44,10 +45,11 @@ def wait_until(condition: Any, *, timeout: float = 30.0, what: str = "condition"
 
 @contextlib.contextmanager
 def own_queues(**overrides: Any) -> Iterator[str]:
-    """Queues of this test's own (their arguments are fixed per name), deleted afterwards."""
-    prefix = f"test.promise.{uuid.uuid4().hex[:8]}"
+    """Queues of this test's own with their policy from ``overrides``, deleted afterwards."""
+    prefix = f"{settings.WRITES_QUEUE_PREFIX}.promise.{uuid.uuid4().hex[:8]}"
     with override_settings(WRITES_QUEUE_PREFIX=prefix, **overrides):
         try:
+            prepare_queues()  # their policy: the bounds and delivery limit of these settings
             yield prefix
         finally:
             with Connection(settings.CELERY_BROKER_URL) as connection:
@@ -55,6 +57,7 @@ def own_queues(**overrides: Any) -> Iterator[str]:
                 for queue in [*all_queues(), dead_letter_queue()]:
                     queue.bind(channel).delete()
                 queue.exchange.bind(channel).delete()
+            clear_queue_policies()
 
 
 def test_queue_over_its_byte_bound_answers_503_queue_full_with_retry_after():

@@ -103,8 +103,8 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS("\nThe stack is starting; Ctrl-C stops all of it.\n") + f"  API:      {base}/api/v1/\n"
             f"  Docs:     {base}/api/docs/\n"
-            f"  Admin:    {base}/admin/  (create a login: python manage.py createsuperuser)\n"
-            f"  Operations page: {base}/admin/operations/\n"
+            f"  Admin:    {base}/{settings.ADMIN_PATH}  (create a login: python manage.py createsuperuser)\n"
+            f"  Operations page: {base}/{settings.ADMIN_PATH}operations/\n"
             f"  Health:   {base}/healthz  {base}/readyz\n"
             f"  Metrics:  {base}/metrics  (API processes, queue depth, time to drain, lag)\n"
             + "\n".join(worker_metrics)
