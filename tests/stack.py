@@ -19,8 +19,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections
+from django.test import override_settings
 from kombu import Connection, Queue
 
+from writes.queue_policies import clear_queue_policies, prepare_queues
 from writes.queues import all_queues, dead_letter_queue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +68,31 @@ def purge_queues() -> None:
             bound = queue.bind(channel)
             bound.declare()
             bound.purge()
+
+
+def delete_queues(prefix: str) -> None:
+    """Delete the write-path queues, exchange and policy of ``prefix`` (a test's own)."""
+    with override_settings(WRITES_QUEUE_PREFIX=prefix), Connection(settings.CELERY_BROKER_URL) as connection:
+        channel: Any = connection.channel()
+        for queue in [*all_queues(), dead_letter_queue()]:
+            queue.bind(channel).delete()
+        queue.exchange.bind(channel).delete()
+        clear_queue_policies()
+
+
+@contextlib.contextmanager
+def queues_of_their_own(name: str, *, policy: bool = False, **overrides: Any) -> Iterator[str]:
+    """Settings naming write-path queues of this test's own, which no other test's worker consumes
+    (``<prefix>.<name>.<random>``); with ``policy`` their policy from ``overrides`` is written first.
+    Everything is deleted afterwards."""
+    prefix = f"{settings.WRITES_QUEUE_PREFIX}.{name}.{uuid.uuid4().hex[:8]}"
+    try:
+        with override_settings(WRITES_QUEUE_PREFIX=prefix, **overrides):
+            if policy:
+                prepare_queues()
+            yield prefix
+    finally:
+        delete_queues(prefix)
 
 
 def free_port() -> int:

@@ -13,6 +13,7 @@ from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, make_tenant
 from tests.edge import edge_server
+from tests.stack import delete_queues
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -21,11 +22,7 @@ pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 def prefix() -> Iterator[str]:
     own = f"wh.failover-test.{uuid.uuid4().hex[:8]}"
     yield own
-    with Connection(settings.CELERY_BROKER_URL) as connection:
-        channel: Any = connection.channel()
-        for suffix in [*settings.SHARD_ALIASES, "dead_letter", "maintenance"]:
-            channel.queue_delete(f"{own}.{suffix}")
-        channel.exchange_delete(own)
+    delete_queues(own)
 
 
 def test_edge_publishes_through_the_first_broker_node_that_answers(prefix):

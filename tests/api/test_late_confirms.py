@@ -19,14 +19,12 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 from django.db import connections
-from django.test import override_settings
-from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, make_tenant
 from tests.edge import edge_server
-from tests.stack import Worker, queue_depth
+from tests.stack import Worker, queue_depth, queues_of_their_own
 from writes.models import WriteLog
-from writes.queues import all_queues, dead_letter_queue, queue_name, shard_queue
+from writes.queues import queue_name, shard_queue
 
 
 class HoldingRelay:
@@ -83,16 +81,8 @@ class HoldingRelay:
 @pytest.fixture
 def own_queues() -> Iterator[str]:
     """Queues of this test's own, which no other test's worker consumes."""
-    prefix = f"test.late.{uuid.uuid4().hex[:8]}"
-    with override_settings(WRITES_QUEUE_PREFIX=prefix):
-        try:
-            yield prefix
-        finally:
-            with Connection(settings.CELERY_BROKER_URL) as connection:
-                channel = connection.channel()
-                for queue in [*all_queues(), dead_letter_queue()]:
-                    queue.bind(channel).delete()
-                queue.exchange.bind(channel).delete()
+    with queues_of_their_own("late") as prefix:
+        yield prefix
 
 
 def _abandoned(shard: str) -> int:

@@ -6,16 +6,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 from django.test import override_settings
-from kombu import Connection
 
 from api.throttling import TokenBuckets
 from tests.conftest import ALL_DATABASES, make_tenant
 from tests.edge import api_client
-from tests.stack import queue_depth
-from writes.queue_policies import clear_queue_policies, prepare_queues
-from writes.queues import all_queues, dead_letter_queue
+from tests.stack import queue_depth, queues_of_their_own
+from writes.queues import all_queues
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -56,18 +53,8 @@ QUEUE_BOUND = 5
 @pytest.fixture
 def tiny_queues() -> Iterator[None]:
     """Queues of this test's own whose policy holds ``QUEUE_BOUND`` messages."""
-    prefix = f"{settings.WRITES_QUEUE_PREFIX}.full.{uuid.uuid4().hex[:8]}"
-    with override_settings(WRITES_QUEUE_PREFIX=prefix, WRITES_QUEUE_MAX_LENGTH=QUEUE_BOUND):
-        try:
-            prepare_queues()
-            yield
-        finally:
-            with Connection(settings.CELERY_BROKER_URL) as connection:
-                channel = connection.channel()
-                for queue in [*all_queues(), dead_letter_queue()]:
-                    queue.bind(channel).delete()
-                queue.exchange.bind(channel).delete()
-            clear_queue_policies()
+    with queues_of_their_own("full", policy=True, WRITES_QUEUE_MAX_LENGTH=QUEUE_BOUND):
+        yield
 
 
 def test_full_shard_queue_answers_503_queue_full_with_retry_after(tiny_queues):

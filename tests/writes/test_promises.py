@@ -19,17 +19,15 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
-from django.test import override_settings
 from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, make_tenant
 from tests.edge import edge_server
-from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_depth
+from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_depth, queues_of_their_own
 from writes.dead_letters import dead_letters_list
 from writes.models import RejectedWrite, WriteLog
 from writes.publisher import publish_apply_message
-from writes.queue_policies import clear_queue_policies, prepare_queues
-from writes.queues import all_queues, dead_letter_queue, dead_letter_queue_name, queue_name, shard_queue
+from writes.queues import dead_letter_queue_name, queue_name, shard_queue
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 
@@ -43,27 +41,10 @@ def wait_until(condition: Any, *, timeout: float = 30.0, what: str = "condition"
         time.sleep(0.05)
 
 
-@contextlib.contextmanager
-def own_queues(**overrides: Any) -> Iterator[str]:
-    """Queues of this test's own with their policy from ``overrides``, deleted afterwards."""
-    prefix = f"{settings.WRITES_QUEUE_PREFIX}.promise.{uuid.uuid4().hex[:8]}"
-    with override_settings(WRITES_QUEUE_PREFIX=prefix, **overrides):
-        try:
-            prepare_queues()  # their policy: the bounds and delivery limit of these settings
-            yield prefix
-        finally:
-            with Connection(settings.CELERY_BROKER_URL) as connection:
-                channel = connection.channel()
-                for queue in [*all_queues(), dead_letter_queue()]:
-                    queue.bind(channel).delete()
-                queue.exchange.bind(channel).delete()
-            clear_queue_policies()
-
-
 def test_queue_over_its_byte_bound_answers_503_queue_full_with_retry_after():
     tenant = make_tenant("bytes")
     padding = "x" * 4_000
-    with own_queues(WRITES_QUEUE_MAX_BYTES=10_000), edge_server() as server:
+    with queues_of_their_own("promise", policy=True, WRITES_QUEUE_MAX_BYTES=10_000), edge_server() as server:
         client = server.client(HTTP_AUTHORIZATION=f"Bearer {tenant.api_key}")
         statuses = []
         for _ in range(20):
@@ -177,7 +158,7 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_by_the_deliver
     tenant = make_tenant("deadly", shard="shard_0")
     write_id = str(uuid.uuid4())
     application = f"promise-{uuid.uuid4().hex[:6]}"
-    with own_queues(WRITES_QUEUE_DELIVERY_LIMIT=1) as prefix:
+    with queues_of_their_own("promise", policy=True, WRITES_QUEUE_DELIVERY_LIMIT=1) as prefix:
         environment = {"WRITES_QUEUE_PREFIX": prefix, "WRITES_QUEUE_DELIVERY_LIMIT": "1", "PGAPPNAME": application}
         assert dead_letter_depth() == 0  # declared, so that what the shard queue dead-letters is kept
         publish_apply_message(shard_queue(tenant.shard), tenant.shard, _event_message(tenant.tenant.id, write_id))
@@ -228,7 +209,7 @@ def _copy_dead_letter() -> None:
 def test_a_dead_letter_replayed_twice_is_applied_once():
     tenant = make_tenant("replayed", shard="shard_1")
     write_id = str(uuid.uuid4())
-    with own_queues() as prefix:
+    with queues_of_their_own("promise", policy=True) as prefix:
         assert dead_letter_depth() == 0  # declared, so that what the shard queue dead-letters is kept
         worker = Worker([queue_name(tenant.shard)], name="replayed", environment={"WRITES_QUEUE_PREFIX": prefix})
         try:

@@ -4,13 +4,11 @@ dead-lettering is at-least-once."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import amqp
@@ -20,17 +18,14 @@ from django.test import override_settings
 from kombu import Connection, Queue
 
 from tests.conftest import ALL_DATABASES, make_tenant
-from tests.stack import queue_depth
+from tests.stack import queue_depth, queues_of_their_own
 from writes.publisher import publish_apply_message
 from writes.queue_policies import (
     QueueSetupError,
-    clear_queue_policies,
     prepare_queues,
     queue_policy,
 )
 from writes.queues import (
-    all_queues,
-    dead_letter_queue,
     dead_letter_queue_name,
     queue_name,
     shard_queue,
@@ -51,21 +46,6 @@ OLD_ARGUMENTS = {
 }
 
 
-@contextlib.contextmanager
-def queues_of_their_own(**overrides: Any) -> Iterator[str]:
-    prefix = f"{settings.WRITES_QUEUE_PREFIX}.policy.{uuid.uuid4().hex[:8]}"
-    with override_settings(WRITES_QUEUE_PREFIX=prefix, **overrides):
-        try:
-            yield prefix
-        finally:
-            with Connection(settings.CELERY_BROKER_URL) as connection:
-                channel = connection.channel()
-                for queue in [*all_queues(), dead_letter_queue()]:
-                    queue.bind(channel).delete()
-                queue.exchange.bind(channel).delete()
-            clear_queue_policies()
-
-
 def post_until_refused(tenant: Any, limit: int) -> list[int]:
     statuses = []
     for _ in range(limit):
@@ -79,7 +59,7 @@ def post_until_refused(tenant: Any, limit: int) -> list[int]:
 
 def test_raising_the_queue_bound_applies_to_the_live_queue():
     tenant = make_tenant("bounded")
-    with queues_of_their_own(WRITES_QUEUE_MAX_LENGTH=3):
+    with queues_of_their_own("policy", WRITES_QUEUE_MAX_LENGTH=3):
         prepare_queues()
         first = post_until_refused(tenant, 20)
         # Quorum queues enforce the bound approximately: one more may get in.
@@ -97,7 +77,7 @@ def test_raising_the_queue_bound_applies_to_the_live_queue():
 
 
 def test_the_broker_reports_the_policy_on_every_shard_queue():
-    with queues_of_their_own():
+    with queues_of_their_own("policy"):
         prepare_queues()
         assert {queue_policy(queue_name(alias)) for alias in settings.SHARD_ALIASES} == {shard_queue_policy_name()}
         assert queue_policy(dead_letter_queue_name()) is None  # the dead letters are never refused
@@ -133,7 +113,7 @@ def _arguments_are_current(alias: str) -> bool:
 
 
 def test_prepare_queues_replaces_an_empty_queue_declared_with_the_old_arguments():
-    with queues_of_their_own():
+    with queues_of_their_own("policy"):
         _declare_old("shard_0")
         assert not _arguments_are_current("shard_0")  # the 406 every process would get
         lines: list[str] = []
@@ -144,7 +124,7 @@ def test_prepare_queues_replaces_an_empty_queue_declared_with_the_old_arguments(
 
 
 def test_prepare_queues_keeps_a_queue_with_messages_and_says_what_to_do():
-    with queues_of_their_own():
+    with queues_of_their_own("policy"):
         _declare_old("shard_1", messages=2)
         with pytest.raises(QueueSetupError, match="holds 2 message"):
             prepare_queues()
@@ -178,7 +158,7 @@ def _messages_held_for_dead_lettering(queue: str) -> int:
 
 
 def test_a_poisoned_message_is_dead_lettered_at_least_once():
-    with queues_of_their_own():
+    with queues_of_their_own("policy"):
         prepare_queues()
         shard = queue_name("shard_0")
         with Connection(settings.CELERY_BROKER_URL) as connection:
