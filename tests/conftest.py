@@ -32,8 +32,8 @@ def _flush_retrying_deadlocks(self: TransactionTestCase) -> None:
         try:
             _django_fixture_teardown(self)
             return
-        except (OperationalError, CommandError) as exc:  # flush wraps the database's error
-            if "deadlock detected" not in str(exc) or attempt == 7:
+        except (OperationalError, CommandError) as exc:  # flush wraps the database's error (its cause)
+            if "deadlock detected" not in f"{exc} {exc.__cause__}" or attempt == 7:
                 raise
             _end_other_sessions()
             if attempt >= 3:
