@@ -24,29 +24,27 @@ ALL_DATABASES = ["default", *settings.SHARD_ALIASES]
 def _flush_retrying_deadlocks(self: TransactionTestCase) -> None:
     """A transactional test's flush (one TRUNCATE of every table) can deadlock with a projector run of
     the suite's live worker that still holds the read models' rows; PostgreSQL then aborts one of the
-    two, and a worker that keeps retrying can win every time. So on a deadlock the other sessions on
-    the test databases (the workers', idle ones too: an idle worker starts its next transaction at
-    once) are ended and the flush is retried at once, while they reconnect. Workers lose nothing:
-    nothing is acked before COMMIT, and they retry on a lost connection."""
-    for attempt in range(8):
+    two, and a worker that keeps retrying can win every time. So on a deadlock the busy sessions on
+    the test databases (the worker's) are ended (workers reconnect and retry their transaction: nothing
+    is acked before COMMIT) and the flush is retried."""
+    for attempt in range(5):
         try:
             _django_fixture_teardown(self)
             return
         except (OperationalError, CommandError) as exc:  # flush wraps the database's error (its cause)
-            if "deadlock detected" not in f"{exc} {exc.__cause__}" or attempt == 7:
+            if "deadlock detected" not in f"{exc} {exc.__cause__}" or attempt == 4:
                 raise
             _end_other_sessions()
-            if attempt >= 3:
-                time.sleep(0.1 * attempt)
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _end_other_sessions() -> None:
     for alias in ALL_DATABASES:
         with connections[alias].cursor() as cursor:
             cursor.execute(
-                # Every session but ours and the in-process API server's (its pools are the next test's).
+                # Only sessions inside a statement or transaction (the worker's), never the API's.
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND application_name <> 'writes-edge'"
+                "AND pid <> pg_backend_pid() AND state <> 'idle' AND application_name <> 'writes-edge'"
             )
 
 
