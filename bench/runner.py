@@ -432,9 +432,38 @@ class BenchRun:
             "cpu_percent_of_one_core": load["cpu_percent_of_one_core"],
             "connections": scenario.connections,
         }
-        window = sampler.count_at(load_end) - sampler.count_at(load_start)
-        result.applied_writes_per_s = round(window / load["wall_seconds"], 1)
-        result.applied_timeline = _timeline(sampler, load_start, int(self.duration + 0.999))
+        self._settle(
+            result,
+            scenario,
+            ids,
+            sampler,
+            (load_start, load_end, load["wall_seconds"]),
+            accepted,
+            cpu_before,
+            cpu_after,
+        )
+        if scenario.workers != "none":
+            result.lag_applied_s = self._lag(scenario, ids)
+        if scenario.table == "write_log":
+            result.lag_visible_s = self._visible_lag(sampler, ids)
+        return result
+
+    def _settle(
+        self,
+        result: ScenarioResult,
+        scenario: Scenario,
+        ids: list[str],
+        sampler: Sampler,
+        window: tuple[float, float, float],
+        accepted: int,
+        cpu_before: dict[str, float],
+        cpu_after: dict[str, float],
+    ) -> None:
+        """What the databases and the processes say once a load is over: the applied rate over the load
+        window (start, end, wall seconds), the row counts and the CPU per settled write."""
+        start, end, wall_seconds = window
+        result.applied_writes_per_s = round((sampler.count_at(end) - sampler.count_at(start)) / wall_seconds, 1)
+        result.applied_timeline = _timeline(sampler, start, int(self.duration + 0.999))
         result.rows_applied, result.duplicates, result.rows_rejected = self._count_rows(scenario, ids)
         result.not_applied_after_drain = max(0, accepted - result.rows_applied - result.rows_rejected)
         settled = result.rows_applied + result.rows_rejected
@@ -443,11 +472,6 @@ class BenchRun:
             for role in cpu_after
             if settled
         }
-        if scenario.workers != "none":
-            result.lag_applied_s = self._lag(scenario, ids)
-        if scenario.table == "write_log":
-            result.lag_visible_s = self._visible_lag(sampler, ids)
-        return result
 
     def _run_worker_limit(self, scenario: Scenario) -> ScenarioResult:
         """What the workers apply when the API is not the bottleneck: the same messages the API would
@@ -481,17 +505,9 @@ class BenchRun:
         result.load_average = [round(v, 2) for v in os.getloadavg()]
         result.writes_accepted = accepted
         result.accepted_writes_per_s = round(accepted / published["wall_seconds"], 1)
-        window = sampler.count_at(end) - sampler.count_at(start)
-        result.applied_writes_per_s = round(window / published["wall_seconds"], 1)
-        result.applied_timeline = _timeline(sampler, start, int(self.duration + 0.999))
-        result.rows_applied, result.duplicates, result.rows_rejected = self._count_rows(scenario, ids)
-        result.not_applied_after_drain = max(0, accepted - result.rows_applied - result.rows_rejected)
-        settled = result.rows_applied + result.rows_rejected
-        result.cpu_ms_per_write = {
-            role: round(1000 * (cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0)) / settled, 4)
-            for role in cpu_after
-            if settled
-        }
+        self._settle(
+            result, scenario, ids, sampler, (start, end, published["wall_seconds"]), accepted, cpu_before, cpu_after
+        )
         # No lag: the messages are published ahead of the workers on purpose (a kept backlog).
         result.loadgen = {"cpu_seconds": published["cpu_seconds"], "messages": published["messages"]}
         return result
