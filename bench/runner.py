@@ -306,6 +306,7 @@ class BenchRun:
         for name in self.scenarios:
             scenario = DEFINITIONS[name]
             self.say(f"scenario {name}: {scenario.description} ({self.duration:g} s)")
+            self._quiesce()
             try:
                 if name == "copy_limit":
                     result = self._run_copy_limit(scenario)
@@ -320,6 +321,16 @@ class BenchRun:
             self.results.append(result)
             self.say("  " + summary_line(result))
         return self.results
+
+    def _quiesce(self) -> None:
+        """Start every scenario from a settled database, as a server with autovacuum would have it:
+        fresh statistics for the tables the previous scenarios filled (the planner's choices depend on
+        them, and autovacuum may be off or not have run yet), and a CHECKPOINT, so what the previous
+        scenario dirtied is not written back, and logged again as full pages, in the middle of this one."""
+        for alias in ("default", *self.environment.shard_aliases):
+            with self.environment.connect(alias) as connection:
+                connection.execute("ANALYZE")
+                connection.execute("CHECKPOINT")
 
     def _stack_for(self, scenario: Scenario, *, api: bool = True) -> Stack:
         tuning = self.tuning

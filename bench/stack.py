@@ -94,7 +94,10 @@ class BenchEnvironment:
 
     def connect(self, alias: str) -> psycopg.Connection[tuple[Any, ...]]:
         url = self.control_url if alias == "default" else self.shard_urls[int(alias.rsplit("_", 1)[1])]
-        return psycopg.connect(url, autocommit=True)
+        # No server-side prepared statements: a generic plan for the sampler's ``position > $1`` guessed
+        # a third of the log and ran a parallel sequential scan twice a second, a CPU cost that grew with
+        # the log and slowed every later scenario.
+        return psycopg.connect(url, autocommit=True, prepare_threshold=None)
 
     def purge_queues(self, names: list[str]) -> None:
         """Empty the bench's queues between scenarios; a queue that does not exist yet is fine."""
