@@ -22,6 +22,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -43,31 +44,26 @@ def uuid7_floor(moment: datetime) -> str:
 
 
 def table_ddl(variant: str) -> list[str]:
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    days = [(today + timedelta(days=d), today + timedelta(days=d + 1)) for d in range(-2, 3)]
     statements = ["DROP TABLE IF EXISTS log_a, log_b, log_c, ids_c CASCADE"]
     if variant == "a":
-        statements.append(f"CREATE TABLE log_a ({_COLUMNS}, PRIMARY KEY (position), UNIQUE (tenant_id, write_id))")
-    elif variant == "b":
-        statements += [
-            f"CREATE TABLE log_b ({_COLUMNS}) PARTITION BY RANGE (write_id)",
-            "CREATE INDEX ON log_b (position)",
-            "CREATE UNIQUE INDEX ON log_b (tenant_id, write_id)",
-        ]
-        statements += [
-            f"CREATE TABLE log_b_{n} PARTITION OF log_b FOR VALUES FROM ('{uuid7_floor(lo)}') TO ('{uuid7_floor(hi)}')"
-            for n, (lo, hi) in enumerate(days)
-        ]
+        return [*statements, f"CREATE TABLE log_a ({_COLUMNS}, PRIMARY KEY (position), UNIQUE (tenant_id, write_id))"]
+    bound: Callable[[datetime], str]
+    if variant == "b":
+        key, bound, dedup = "write_id", uuid7_floor, "CREATE UNIQUE INDEX ON log_b (tenant_id, write_id)"
     else:
-        statements += [
-            f"CREATE TABLE log_c ({_COLUMNS}) PARTITION BY RANGE (received_at)",
-            "CREATE INDEX ON log_c (position)",
-            "CREATE TABLE ids_c (tenant_id uuid, write_id uuid, PRIMARY KEY (tenant_id, write_id))",
-        ]
-        statements += [
-            f"CREATE TABLE log_c_{n} PARTITION OF log_c FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
-            for n, (lo, hi) in enumerate(days)
-        ]
+        key, bound = "received_at", datetime.isoformat
+        dedup = "CREATE TABLE ids_c (tenant_id uuid, write_id uuid, PRIMARY KEY (tenant_id, write_id))"
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [(today + timedelta(days=d), today + timedelta(days=d + 1)) for d in range(-2, 3)]
+    statements += [
+        f"CREATE TABLE log_{variant} ({_COLUMNS}) PARTITION BY RANGE ({key})",
+        f"CREATE INDEX ON log_{variant} (position)",
+        dedup,
+    ]
+    statements += [
+        f"CREATE TABLE log_{variant}_{n} PARTITION OF log_{variant} FOR VALUES FROM ('{bound(lo)}') TO ('{bound(hi)}')"
+        for n, (lo, hi) in enumerate(days)
+    ]
     return statements
 
 
