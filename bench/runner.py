@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psycopg
 
 from bench.copy_limit import run_copy_limit
 from bench.loadgen import LoadSpec
@@ -266,6 +267,7 @@ class BenchRun:
         self.say = say
         self.tenants: dict[str, list[dict[str, str]]] = {}
         self.results: list[ScenarioResult] = []
+        self._checkpoint_refused = False
 
     # --- preparation ------------------------------------------------------------------------
 
@@ -330,7 +332,12 @@ class BenchRun:
         for alias in ("default", *self.environment.shard_aliases):
             with self.environment.connect(alias) as connection:
                 connection.execute("ANALYZE")
-                connection.execute("CHECKPOINT")
+                try:
+                    connection.execute("CHECKPOINT")
+                except psycopg.errors.InsufficientPrivilege:
+                    if not self._checkpoint_refused:
+                        self.say("  no CHECKPOINT between scenarios: it needs a superuser or the pg_checkpoint role")
+                    self._checkpoint_refused = True
 
     def _stack_for(self, scenario: Scenario, *, api: bool = True) -> Stack:
         tuning = self.tuning

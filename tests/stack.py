@@ -23,7 +23,7 @@ from django.test import override_settings
 from kombu import Connection, Queue
 
 from writes.queue_policies import clear_queue_policies, prepare_queues
-from writes.queues import all_queues, dead_letter_queue
+from writes.queues import all_queues, dead_letter_queue, exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def delete_queues(prefix: str) -> None:
         channel: Any = connection.channel()
         for queue in [*all_queues(), dead_letter_queue()]:
             queue.bind(channel).delete()
-        queue.exchange.bind(channel).delete()
+        exchange().bind(channel).delete()
         clear_queue_policies()
 
 

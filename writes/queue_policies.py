@@ -166,7 +166,7 @@ def apply_queue_policies() -> str:
     store = _policy_store()
     try:
         store.set_policy(shard_queue_policy_name(), shard_queue_policy_pattern(), shard_queue_policy())
-    except (OSError, urllib.error.HTTPError) as exc:
+    except OSError as exc:  # urllib's HTTPError and URLError too
         raise QueueSetupError(f"{store.where} refused the policy: {exc}") from exc
     return store.where
 

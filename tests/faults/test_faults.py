@@ -28,7 +28,6 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.test import override_settings
-from kombu import Connection
 
 from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
 from tests.faults.checker import Verdict, check
@@ -44,11 +43,11 @@ from tests.faults.harness import (
     write_result,
 )
 from tests.faults.load import Client, History, Load
-from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_depth
+from tests.stack import Worker, dead_letter_depth, failing_transiently, queue_depth, queues_of_their_own
 from writes.models import RejectedWrite, WriteLog
 from writes.publisher import publish_apply_message
-from writes.queue_policies import clear_queue_policies, prepare_queues
-from writes.queues import all_queues, dead_letter_queue, maintenance_queue_name, queue_name, shard_queue
+from writes.queue_policies import prepare_queues
+from writes.queues import all_queues, maintenance_queue_name, queue_name, shard_queue
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)]
 
@@ -60,17 +59,10 @@ REFUSALS = {503, 429}
 
 @pytest.fixture(autouse=True)
 def own_queues() -> Iterator[str]:
-    """Queues of this test's own, so nothing left in the usual test queues is consumed or counted."""
-    prefix = f"faults.{uuid.uuid4().hex[:8]}"
-    with override_settings(WRITES_QUEUE_PREFIX=prefix):
-        prepare_queues()  # their policy: bounds and delivery limit, as `make run` sets them
+    """Queues of this test's own, so nothing left in the usual test queues is consumed or counted; their
+    policy (bounds and delivery limit) written first, as `make run` does."""
+    with queues_of_their_own("faults", policy=True) as prefix:
         yield prefix
-        with contextlib.suppress(Exception), Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as connection:
-            channel = connection.channel()
-            for queue in [*all_queues(), dead_letter_queue()]:
-                queue.bind(channel).delete()
-        with contextlib.suppress(Exception):
-            clear_queue_policies()
 
 
 def tenants_on_every_shard(name: str) -> list[TenantHandle]:
