@@ -208,6 +208,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "repair-all": {"task": "readmodels.repair_all", "schedule": env_float("REPAIR_ALL_EVERY_SECONDS", 3600.0)},
     # Forget which published messages were applied or abandoned once none can come back (writes/fates.py).
     "prune-publish-fates": {"task": "writes.prune_publish_fates", "schedule": 86400.0},
+    # The log's lifecycle: partitions created ahead, then retention (with archives) applied.
+    "maintain-log": {"task": "writes.maintain_log", "schedule": env_float("MAINTAIN_LOG_EVERY_SECONDS", 3600.0)},
 }
 
 # --- The write path ------------------------------------------------------------------------
@@ -265,6 +267,29 @@ WRITES_PROJECTION_STATUS_SOURCES: list[str] = ["readmodels.operations.projection
 WRITES_MOVE_CHUNK_ROWS = env_int("WRITES_MOVE_CHUNK_ROWS", 5_000)
 # Stop chasing new writes after this long and fence anyway; the rest wait in the hold queue meanwhile.
 WRITES_MOVE_MAX_CATCH_UP_SECONDS = env_float("WRITES_MOVE_MAX_CATCH_UP_SECONDS", 600.0)
+
+# --- The log's lifecycle (writes/partitions.py, writes/lifecycle.py) ---------------------------
+# Day partitions of write_log kept ready ahead of today.
+WRITES_LOG_PARTITIONS_AHEAD_DAYS = env_int("WRITES_LOG_PARTITIONS_AHEAD_DAYS", 3)
+
+
+def _retention_days(text: str) -> dict[str, int]:
+    """``"event=30,message=365"`` → ``{"event": 30, "message": 365}``; a kind not named is kept forever."""
+    days: dict[str, int] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        kind, _, value = part.partition("=")
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"WRITES_RETENTION_DAYS: expected kind=days (days >= 1), got {part!r}")
+        days[kind.strip()] = int(value)
+    return days
+
+
+# How many days each kind stays in the log, e.g. "event=30,read=7"; default: every kind forever.
+WRITES_RETENTION_DAYS = _retention_days(env("WRITES_RETENTION_DAYS", ""))
+# Retired rows are written here first (Parquet, one directory per shard and day, with a manifest);
+# WRITES_ARCHIVE=false retires without archives.
+WRITES_ARCHIVE = env_bool("WRITES_ARCHIVE", True)
+WRITES_ARCHIVE_DIR = Path(env("WRITES_ARCHIVE_DIR", str(BASE_DIR / "var" / "archive")))
 
 # --- HTTP API ------------------------------------------------------------------------------
 # Where the Django admin (and its operations page) answers, e.g. "back-office-7f3a/": off the path every

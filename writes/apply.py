@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
+from django.conf import settings
 from django.db import DataError, IntegrityError, connections, transaction
 from kombu import Queue
 
@@ -25,6 +26,19 @@ from writes.errors import ForwardFailed
 from writes.fates import claim_messages
 from writes.models import MovedLogicalShard
 from writes.notifications import notify_writes_applied
+from writes.partitions import (
+    DAY_MS,
+    ForeignKey,
+    MissingPartitions,
+    day_number,
+    day_text,
+    id_too_far_ahead,
+    received_millis,
+    resolve_foreign_days,
+    today,
+    uuid7_millis,
+    young_day,
+)
 from writes.routing import logical_shard_for
 
 logger = logging.getLogger(__name__)
@@ -48,18 +62,20 @@ CREATE TEMPORARY TABLE IF NOT EXISTS staging_writes (
     occurred_at text NOT NULL,
     tenant_id text NOT NULL,
     kind text NOT NULL,
-    received_at text NOT NULL
+    received_at text NOT NULL,
+    id_day text NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 
-_COPY = "COPY staging_writes (write_id, key, payload, occurred_at, tenant_id, kind, received_at) FROM STDIN"
+_COPY = "COPY staging_writes (write_id, key, payload, occurred_at, tenant_id, kind, received_at, id_day) FROM STDIN"
 
 _INSERT = """
-INSERT INTO write_log (tenant_id, write_id, kind, key, payload, occurred_at, received_at)
-SELECT tenant_id::uuid, write_id::uuid, kind, key, payload::jsonb, occurred_at::timestamptz, received_at::timestamptz
+INSERT INTO write_log (tenant_id, write_id, kind, key, payload, occurred_at, received_at, id_day)
+SELECT tenant_id::uuid, write_id::uuid, kind, key, payload::jsonb, occurred_at::timestamptz, received_at::timestamptz,
+       id_day::date
 FROM staging_writes
 ORDER BY seq
-ON CONFLICT (tenant_id, write_id) DO NOTHING
+ON CONFLICT (tenant_id, write_id, id_day) DO NOTHING
 """
 
 # Staged rows that the insert left out because their id is in the log with other content (another kind,
@@ -69,7 +85,7 @@ ON CONFLICT (tenant_id, write_id) DO NOTHING
 _CONFLICTS = """
 SELECT s.seq, s.tenant_id, s.write_id, s.kind, s.key, s.payload, s.occurred_at, s.received_at, l.kind
 FROM staging_writes s
-JOIN write_log l ON l.tenant_id = s.tenant_id::uuid AND l.write_id = s.write_id::uuid
+JOIN write_log l ON l.tenant_id = s.tenant_id::uuid AND l.write_id = s.write_id::uuid AND l.id_day = s.id_day::date
 WHERE l.kind <> s.kind OR l.key <> s.key OR l.payload <> s.payload::jsonb
 ORDER BY s.seq
 """
@@ -221,33 +237,36 @@ def _copy_field(value: Any) -> str:
 
 
 def _plain(text: str, lines: int) -> bool:
-    return text.count("\t") == 6 * lines and text.count("\n") == lines and "\\" not in text and "\r" not in text
+    return text.count("\t") == 7 * lines and text.count("\n") == lines and "\\" not in text and "\r" not in text
 
 
-def group_copy_text(group: Sequence[Any]) -> str:
-    """One message group as COPY text lines (write_id, key, payload, occurred_at, tenant, kind, received)."""
+def group_copy_text(group: Sequence[Any], days: Sequence[int]) -> str:
+    """One message group as COPY text lines (write_id, key, payload, occurred_at, tenant, kind, received,
+    id_day), ``days`` holding each row's day number."""
     tenant_id, kind, received_at, items = group
-    tail = f"\t{_copy_field(tenant_id)}\t{_copy_field(kind)}\t{_copy_field(received_at)}\n"
     if not items:
         return ""
-    try:
-        text = tail.join(map("\t".join, items)) + tail
-    except TypeError:
-        text = ""
-    if text and _plain(text, len(items)):
-        return text
+    head = f"\t{_copy_field(tenant_id)}\t{_copy_field(kind)}\t{_copy_field(received_at)}\t"
+    if min(days) == max(days):  # the usual group: one request's ids, made in one millisecond
+        tail = f"{head}{day_text(days[0])}\n"
+        try:
+            text = tail.join(map("\t".join, items)) + tail
+        except TypeError:
+            text = ""
+        if text and _plain(text, len(items)):
+            return text
     lines = []
-    for write_id, key, payload, occurred_at in items:
+    for (write_id, key, payload, occurred_at), day in zip(items, days, strict=True):
         fields = (write_id, key, payload, occurred_at)
-        lines.append("\t".join(map(_copy_field, fields)) + tail)
+        lines.append("\t".join(map(_copy_field, fields)) + head + day_text(day) + "\n")
     return "".join(lines)
 
 
-def rows_copy_text(rows: Sequence[StagedRow]) -> str:
+def rows_copy_text(rows: Sequence[StagedRow], days: Sequence[int]) -> str:
     """Staged rows as COPY text lines, in the staging table's column order."""
     lines = []
-    for _, tenant_id, write_id, kind, key, payload, occurred_at, received_at in rows:
-        fields = (write_id, key, payload, occurred_at, tenant_id, kind, received_at)
+    for (_, tenant_id, write_id, kind, key, payload, occurred_at, received_at), day in zip(rows, days, strict=True):
+        fields = (write_id, key, payload, occurred_at, tenant_id, kind, received_at, day_text(day))
         try:
             line = "\t".join(fields) + "\n"
         except TypeError:
@@ -258,13 +277,35 @@ def rows_copy_text(rows: Sequence[StagedRow]) -> str:
     return "".join(lines)
 
 
+#: Rejection codes of rows that get no day in the log (``_Batch.resolve_days``).
+ID_FROM_THE_FUTURE = "id_from_the_future"
+RETENTION_EXPIRED = "retention_expired"
+DAY_RETIRED = "day_retired"
+
+# The applier's view of the partitions that exist, per database (writes.partitions).
+_partitions = MissingPartitions()
+
+
+def _retention_horizons() -> dict[str, int]:
+    """kind → the first day number still kept (``WRITES_RETENTION_DAYS``)."""
+    current = day_number(today())
+    return {kind: current - days for kind, days in settings.WRITES_RETENTION_DAYS.items()}
+
+
 class _Batch:
     """The writes of one apply attempt: the message groups as they came (the fast path), or staged
-    rows once something needed them one by one (a hook, a fence, a bisection)."""
+    rows once something needed them one by one (a hook, a fence, a bisection, a refusal). ``days``
+    holds every row's ``id_day`` (a day number), in order, once ``resolve_days`` gave them."""
 
-    def __init__(self, groups: Sequence[Sequence[Any]] | None, rows: list[StagedRow] | None = None) -> None:
+    def __init__(
+        self,
+        groups: Sequence[Sequence[Any]] | None,
+        rows: list[StagedRow] | None = None,
+        days: list[int] | None = None,
+    ) -> None:
         self.groups = groups
         self._rows = rows
+        self.days = days
         self.count = len(rows) if rows is not None else sum(len(group[3]) for group in groups or ())
 
     def rows(self) -> list[StagedRow]:
@@ -272,15 +313,109 @@ class _Batch:
             self._rows = staged_rows(self.groups or ())
         return self._rows
 
+    def part(self, start: int, stop: int) -> _Batch:
+        days = self.days[start:stop] if self.days is not None else None
+        return _Batch(None, self.rows()[start:stop], days)
+
     def tenants(self) -> set[str]:
         if self._rows is None:
             return {group[0] for group in self.groups or ()}
         return {row[1] for row in self._rows}
 
-    def copy_data(self) -> bytes:
+    def _entries(self) -> Iterator[tuple[str, str, Any, Any]]:
+        """(tenant, kind, received_at, write_id) of every row, in order."""
         if self._rows is None:
-            return "".join(map(group_copy_text, self.groups or ())).encode()
-        return rows_copy_text(self._rows).encode()
+            for tenant_id, kind, received_at, items in self.groups or ():
+                for item in items:
+                    yield tenant_id, kind, received_at, item[0]
+        else:
+            for row in self._rows:
+                yield row[1], row[3], row[7], row[2]
+
+    def resolve_days(self, cursor: Any) -> list[Rejection]:
+        """Give every row its ``id_day`` (``writes.partitions``), make sure its partition exists, and
+        take out the rows that cannot have one; returns those, as rejections."""
+        today_number = day_number(today())
+        horizons = _retention_horizons()
+        days: list[int | None] = []
+        refused: dict[int, tuple[str, str]] = {}
+        foreign: dict[ForeignKey, tuple[int, int | None]] = {}
+        received_ms: int | None = None
+        last_received: Any = None
+        for index, (tenant_id, _, received_at, write_id) in enumerate(self._entries()):
+            if received_at is not last_received:
+                last_received = received_at
+                received_ms = received_millis(received_at) if isinstance(received_at, str) else None
+            day = young_day(write_id, received_ms) if isinstance(write_id, str) else None
+            if day is None:
+                if isinstance(write_id, str) and id_too_far_ahead(write_id, received_ms):
+                    refused[index] = (ID_FROM_THE_FUTURE, _FUTURE_REASON)
+                else:
+                    millis = uuid7_millis(write_id) if isinstance(write_id, str) else None
+                    receipt = received_ms // DAY_MS if received_ms is not None else today_number
+                    foreign[(str(tenant_id), str(write_id))] = (receipt, millis // DAY_MS if millis else None)
+            days.append(day)
+        if foreign:
+            known = resolve_foreign_days(cursor, foreign)
+            for index, (tenant_id, _, _, write_id) in enumerate(self._entries()):
+                if days[index] is None and index not in refused:
+                    # An id that is not a UUID gets any day: the insert rejects its row on its own.
+                    days[index] = known.get((str(tenant_id), str(write_id)), today_number)
+        for index, (_, kind, _, _) in enumerate(self._entries()):
+            horizon = horizons.get(kind)
+            day = days[index]
+            if horizon is not None and day is not None and day < horizon and index not in refused:
+                reason = _expired_reason(kind, settings.WRITES_RETENTION_DAYS[kind], day)
+                refused[index] = (RETENTION_EXPIRED, reason)
+        needed = {day for index, day in enumerate(days) if day is not None and index not in refused}
+        retired = _partitions.ensure(cursor, cursor.db.alias, needed)
+        for index, day in enumerate(days):
+            if day in retired and index not in refused:
+                refused[index] = (DAY_RETIRED, _retired_reason(day))
+        if not refused:
+            self.days = [day if day is not None else today_number for day in days]
+            return []
+        rows = self.rows()
+        kept = [index for index in range(len(rows)) if index not in refused]
+        self._rows = [rows[index] for index in kept]
+        self.groups = None
+        self.days = [day if (day := days[index]) is not None else today_number for index in kept]
+        self.count = len(self._rows)
+        return [(rows[index], code, reason) for index, (code, reason) in sorted(refused.items())]
+
+    def copy_data(self) -> bytes:
+        if self.days is None:
+            raise RuntimeError("resolve_days() gives the rows their days before they are copied")
+        if self._rows is None:
+            parts = []
+            offset = 0
+            for group in self.groups or ():
+                size = len(group[3])
+                parts.append(group_copy_text(group, self.days[offset : offset + size]))
+                offset += size
+            return "".join(parts).encode()
+        return rows_copy_text(self._rows, self.days).encode()
+
+
+_FUTURE_REASON = (
+    "The id is a UUIDv7 whose time is more than a day after the write was received: a clock that far "
+    "off would put the write in a day of the log that does not exist yet. Send it with a current id."
+)
+
+
+def _expired_reason(kind: str, keep_days: int, day: int) -> str:
+    return (
+        f"The id's day ({day_text(day)}) is older than the {keep_days} days {kind} writes are kept "
+        "(WRITES_RETENTION_DAYS): the write would be retired at once, and whether it was applied before "
+        "can no longer be told. It was not applied."
+    )
+
+
+def _retired_reason(day: int) -> str:
+    return (
+        f"The log's day {day_text(day)} has been retired (archived and removed by retention); "
+        "a write that belongs to it cannot be applied any more."
+    )
 
 
 # Raw connections (psycopg) whose session already has the staging table.
@@ -369,9 +504,15 @@ def _apply(
                 if decision.drop:
                     rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
             batch = _Batch(None, rows)
+        if batch.count:
+            hook_rejected.extend(batch.resolve_days(cursor))
         applied = None
         if batch.count:
             applied = _copy_into_log(cursor, batch, diversion)
+        if applied is None and batch.count:
+            # The partitions may have changed under this process (retention retired a day): look again.
+            _partitions.forget(cursor.db.alias)
+            hook_rejected.extend(batch.resolve_days(cursor))
         if applied is None:
             applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
         if hook_rejected and diversion is not None:
@@ -428,12 +569,14 @@ def _apply_isolating(
             rejected.append((rows[0], "invalid_write", _reason(exc)))
             return 0
         middle = len(rows) // 2
-        return _apply_isolating(cursor, _Batch(None, rows[:middle]), rejected, diversion, first=False) + (
-            _apply_isolating(cursor, _Batch(None, rows[middle:]), rejected, diversion, first=False)
+        return _apply_isolating(cursor, batch.part(0, middle), rejected, diversion, first=False) + (
+            _apply_isolating(cursor, batch.part(middle, len(rows)), rejected, diversion, first=False)
         )
 
 
-_COPY_INTO_LOG = "COPY write_log (write_id, key, payload, occurred_at, tenant_id, kind, received_at) FROM STDIN"
+_COPY_INTO_LOG = (
+    "COPY write_log (write_id, key, payload, occurred_at, tenant_id, kind, received_at, id_day) FROM STDIN"
+)
 
 
 def _copy_into_log(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> int | None:

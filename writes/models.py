@@ -60,7 +60,12 @@ class ShardMap(models.Model):
 
 
 class WriteLog(models.Model):
-    """One applied write. Insert-only: the database rejects UPDATE and DELETE."""
+    """One applied write. Insert-only: the database rejects UPDATE and DELETE.
+
+    Partitioned by ``id_day`` (``writes.partitions``): the primary key in the database is
+    ``(position, id_day)``, positions are unique by their sequence, and ``(tenant_id, write_id)`` is
+    unique because ``id_day`` is a function of it.
+    """
 
     SHARD_RESIDENT: ClassVar[bool] = True
 
@@ -73,11 +78,15 @@ class WriteLog(models.Model):
     occurred_at = models.DateTimeField()
     received_at = models.DateTimeField()
     applied_at = models.DateTimeField(db_default=Now())
+    #: The partition: the UTC day of a UUIDv7 id, or the day any other id was first applied.
+    id_day = models.DateField()
 
     class Meta:
         db_table = "write_log"
         ordering = ["position"]
-        constraints = [models.UniqueConstraint(fields=["tenant_id", "write_id"], name="write_log_tenant_id_uniq")]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant_id", "write_id", "id_day"], name="write_log_tenant_id_day_uniq")
+        ]
 
     def __str__(self) -> str:
         return f"#{self.position} {self.kind} {self.write_id}"

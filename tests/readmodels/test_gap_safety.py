@@ -123,8 +123,8 @@ def naive_append(tenant_id: uuid.UUID, batch: list[tuple[str, datetime]]) -> Non
     with transaction.atomic(using=SHARD), connections[SHARD].cursor() as cursor:
         for write_id, key, payload, occurred in rows:
             cursor.execute(
-                "INSERT INTO write_log (tenant_id, write_id, kind, key, payload, occurred_at, received_at) "
-                "VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s)",
+                "INSERT INTO write_log (tenant_id, write_id, kind, key, payload, occurred_at, received_at, id_day) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, (now() AT TIME ZONE 'UTC')::date)",
                 [str(tenant_id), write_id, kind, key, payload, occurred, received],
             )
 

@@ -64,8 +64,8 @@ def test_add_shard_creates_migrates_and_queues_a_new_shard(new_shard_url):
         assert {"write_log", "rejected_writes", "moved_logical_shards"} <= tables
         assert "auth_user" not in tables  # control tables stay in the control database
         shard.execute(
-            "INSERT INTO write_log (tenant_id, write_id, kind, key, payload, occurred_at, received_at) "
-            "VALUES (%s, %s, 'event', 'k', '{}', now(), now())",
+            "INSERT INTO write_log (tenant_id, write_id, kind, key, payload, occurred_at, received_at, id_day) "
+            "VALUES (%s, %s, 'event', 'k', '{}', now(), now(), (now() AT TIME ZONE 'UTC')::date)",
             [uuid.uuid4(), uuid.uuid4()],
         )
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):

@@ -95,7 +95,10 @@ def test_apply_batch_stores_fields_that_need_copy_escapes_exactly():
 
 
 def test_group_copy_text_escapes_only_groups_that_need_it():
+    day = 20_420  # 2025-11-28, the id_day column
     clean = ["t", "event", NOW, [["id-1", "k", "{}", NOW]]]
-    assert group_copy_text(clean) == f"id-1\tk\t{{}}\t{NOW}\tt\tevent\t{NOW}\n"
+    assert group_copy_text(clean, [day]) == f"id-1\tk\t{{}}\t{NOW}\tt\tevent\t{NOW}\t2025-11-28\n"
     dirty = ["t", "event", NOW, [["id-1", "a\tb", "{}", None]]]
-    assert group_copy_text(dirty) == f"id-1\ta\\tb\t{{}}\t\\N\tt\tevent\t{NOW}\n"
+    assert group_copy_text(dirty, [day]) == f"id-1\ta\\tb\t{{}}\t\\N\tt\tevent\t{NOW}\t2025-11-28\n"
+    mixed = ["t", "event", NOW, [["id-1", "k", "{}", NOW], ["id-2", "k", "{}", NOW]]]
+    assert group_copy_text(mixed, [day, day + 1]).splitlines()[1].endswith("\t2025-11-29")
