@@ -574,9 +574,7 @@ def _apply_isolating(
         )
 
 
-_COPY_INTO_LOG = (
-    "COPY write_log (write_id, key, payload, occurred_at, tenant_id, kind, received_at, id_day) FROM STDIN"
-)
+_COPY_INTO_LOG = "COPY write_log (write_id, key, payload, occurred_at, tenant_id, kind, received_at, id_day) FROM STDIN"
 
 
 def _copy_into_log(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> int | None:
