@@ -24,6 +24,7 @@ from kombu import Queue
 
 from writes.errors import ForwardFailed
 from writes.fates import claim_messages
+from writes.lifecycle import horizon_number
 from writes.models import MovedLogicalShard
 from writes.notifications import notify_writes_applied
 from writes.partitions import (
@@ -288,8 +289,7 @@ _partitions = MissingPartitions()
 
 def _retention_horizons() -> dict[str, int]:
     """kind → the first day number still kept (``WRITES_RETENTION_DAYS``)."""
-    current = day_number(today())
-    return {kind: current - days for kind, days in settings.WRITES_RETENTION_DAYS.items()}
+    return {kind: horizon for kind in settings.WRITES_RETENTION_DAYS if (horizon := horizon_number(kind)) is not None}
 
 
 class _Batch:
