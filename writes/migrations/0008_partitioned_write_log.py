@@ -105,7 +105,7 @@ def partition_the_log(apps: Any, schema_editor: Any) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("writes", "0006_publish_fates")]
+    dependencies = [("writes", "0007_tenant_erasure")]
 
     operations = [
         migrations.SeparateDatabaseAndState(
