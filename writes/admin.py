@@ -1,5 +1,6 @@
-"""Django admin: tenants, API keys (a new key is shown once), the shard map, each shard's write log and
-rejected writes (read-only, one shard at a time), and the operations page (queues, rates, lag)."""
+"""Django admin: tenants, API keys (a new key is shown once), the shard map, tenant erasures (read-only),
+each shard's write log and rejected writes (read-only, one shard at a time), and the operations page
+(queues, rates, lag)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 
-from writes.models import ApiKey, LedgerAccount, RejectedWrite, ShardMap, Tenant, WriteLog
+from writes.models import ApiKey, LedgerAccount, RejectedWrite, ShardMap, Tenant, TenantErasure, WriteLog
 from writes.operations import overview, overview_as_dict
 from writes.services import api_key_issue, api_key_revoke, tenant_create
 
@@ -102,6 +103,26 @@ class ShardMapAdmin(admin.ModelAdmin[ShardMap]):
         return False  # changing an entry without moving the data would hide it
 
     def has_delete_permission(self, request: HttpRequest, obj: ShardMap | None = None) -> bool:
+        return False
+
+
+@admin.register(TenantErasure)
+class TenantErasureAdmin(admin.ModelAdmin[TenantErasure]):
+    """What each erasure deleted, and when: made by ``erase_tenant`` and ``clean_moved_shards`` only."""
+
+    list_display = ["tenant_id", "scope", "requested_at", "completed_at"]
+    list_filter = ["scope"]
+    search_fields = ["tenant_id"]
+    fields = ["tenant_id", "scope", "requested_at", "completed_at", "counts"]
+    readonly_fields = ["tenant_id", "scope", "requested_at", "completed_at", "counts"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TenantErasure | None = None) -> bool:
+        return False  # the record of an erasure is evidence: nobody edits it
+
+    def has_delete_permission(self, request: HttpRequest, obj: TenantErasure | None = None) -> bool:
         return False
 
 

@@ -7,7 +7,7 @@ retries) or one delivered more than ``x-delivery-limit`` times; RabbitMQ records
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,8 +15,8 @@ from typing import Any
 
 import amqp
 from django.conf import settings
-from kombu import Connection
-from kombu.serialization import loads
+from kombu import Connection, serialization
+from kombu.serialization import dumps, loads
 
 from writes.queues import dead_letter_queue, dead_letter_queue_name, register_serializer
 
@@ -69,16 +69,21 @@ def dead_letter_of(message: amqp.Message) -> DeadLetter:
     )
 
 
+def _task_body(message: amqp.Message) -> Any:
+    """The decoded Celery body ``(args, kwargs, embed)``; raises for a foreign or damaged message."""
+    register_serializer()
+    return loads(
+        message.body,
+        str(message.properties.get("content_type") or ""),
+        str(message.properties.get("content_encoding") or ""),
+        accept=settings.CELERY_ACCEPT_CONTENT,
+    )
+
+
 def _writes_in(message: amqp.Message) -> int | None:
     """The number of writes an ``apply_batch`` message carries: args are ``(shard, groups)``."""
-    register_serializer()
     try:
-        args, _, _ = loads(
-            message.body,
-            str(message.properties.get("content_type") or ""),
-            str(message.properties.get("content_encoding") or ""),
-            accept=settings.CELERY_ACCEPT_CONTENT,
-        )
+        args, _, _ = _task_body(message)
         return sum(len(group[3]) for group in args[1])
     except Exception:  # a foreign or damaged message: still listed and replayable
         return None
@@ -158,3 +163,67 @@ def _replay_message(message: amqp.Message, letter: DeadLetter) -> amqp.Message:
     headers[REPLAY_COUNT_HEADER] = letter.replayed + 1
     properties["delivery_mode"] = 2
     return amqp.Message(message.body, application_headers=headers, **properties)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsRemoved:
+    """What ``dead_letters_remove_groups`` took out of the dead-letter queue (or would, in a dry run)."""
+
+    writes: int = 0
+    messages_dropped: int = 0  # every group of the message was removed: the message is gone
+    messages_rewritten: int = 0  # put back into the dead-letter queue with its other groups
+
+
+def dead_letters_remove_groups(remove: Callable[[Sequence[Any]], bool], *, dry_run: bool = False) -> GroupsRemoved:
+    """Take the groups for which ``remove(group)`` is true out of every dead letter.
+
+    A message left with no group is dropped; one with groups left is published again to the dead-letter
+    queue (confirmed) with its headers and properties as they were (``x-death`` still names the queue it
+    died in, so it replays as before), then the original is removed. A crash between the two leaves both:
+    run it again, and replaying the repeat is harmless (ids are applied at most once). Messages this
+    function cannot read, and those with nothing to remove, stay where they are.
+    """
+    writes = dropped = rewritten = 0
+    with _channel() as (channel, depth):
+        # Only the messages there at the start: copies published meanwhile queue up behind them.
+        for _ in range(depth):
+            message = channel.basic_get(queue=dead_letter_queue_name(), no_ack=False)
+            if message is None:
+                break
+            try:
+                (shard, groups, *rest), kwargs, embed = _task_body(message)
+                removed = [group for group in groups if remove(group)]
+            except Exception:  # not an apply_batch message: nothing of ours to take out
+                removed = []
+            if not removed:
+                continue
+            writes += sum(len(group[3]) for group in removed)
+            kept = [group for group in groups if not remove(group)]
+            if dry_run:
+                dropped, rewritten = (dropped + 1, rewritten) if not kept else (dropped, rewritten + 1)
+                continue
+            if kept:
+                try:
+                    channel.basic_publish(
+                        _rewritten_message(message, ((shard, kept, *rest), kwargs, embed)),
+                        exchange="",
+                        routing_key=dead_letter_queue_name(),
+                        confirm_timeout=10,
+                    )
+                except Exception as exc:
+                    raise ReplayError(f"a dead letter could not be rewritten: {exc!r}") from exc
+                rewritten += 1
+            else:
+                dropped += 1
+            channel.basic_ack(message.delivery_tag)
+    return GroupsRemoved(writes=writes, messages_dropped=dropped, messages_rewritten=rewritten)
+
+
+def _rewritten_message(message: amqp.Message, body: Any) -> amqp.Message:
+    """``message`` with another body, encoded as the original was; headers and properties unchanged."""
+    properties = dict(message.properties)
+    content_type = str(properties.get("content_type") or "")
+    serializer = serialization.registry.type_to_name[content_type]  # type: ignore[attr-defined]  # not in the stubs
+    _, _, data = dumps(body, serializer=serializer)
+    properties["delivery_mode"] = 2
+    return amqp.Message(data, **properties)

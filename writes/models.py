@@ -1,8 +1,9 @@
 """Tables of the write path.
 
-Control database: ``Tenant``, ``ApiKey``, ``ShardMap``. Every shard database: ``WriteLog`` (append-only,
-enforced by a trigger), ``RejectedWrite`` and ``MovedLogicalShard`` (logical shards that left it).
-``SHARD_RESIDENT = True`` tells the router where a model lives.
+Control database: ``Tenant``, ``ApiKey``, ``ShardMap``, ``TenantErasure``. Every shard database:
+``WriteLog`` (append-only, enforced by a trigger; an erasure may delete one tenant's rows), ``RejectedWrite``,
+``MovedLogicalShard`` (logical shards that left it) and ``ErasedTenant``. ``SHARD_RESIDENT = True`` tells
+the router where a model lives.
 """
 
 from __future__ import annotations
@@ -168,3 +169,46 @@ class MovedLogicalShard(models.Model):
 
     def __str__(self) -> str:
         return f"{self.logical_shard} → {self.moved_to} ({self.state})"
+
+
+class TenantErasure(models.Model):
+    """One erasure of a tenant's data (``writes.erasure``): what was erased, where, and when it finished.
+
+    ``tenant_id`` is no foreign key: the tenant row is the last thing an erasure deletes, and this record
+    stays. ``counts`` holds the rows (or writes) deleted per store, e.g. ``{"shard_0": {"write_log": 12},
+    "dead_letters": 3, "api_keys": 1}``.
+    """
+
+    SCOPE_TENANT = "tenant"
+
+    tenant_id = models.UUIDField(db_index=True)
+    # "tenant" (everything of it, everywhere) or "moved logical shard N from shard_X" (an old copy).
+    scope = models.CharField(max_length=200, default=SCOPE_TENANT)
+    requested_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-requested_at"]
+        verbose_name = "tenant erasure"
+
+    def __str__(self) -> str:
+        state = "done" if self.completed_at else "in progress"
+        return f"{self.tenant_id} ({self.scope}, {state})"
+
+
+class ErasedTenant(models.Model):
+    """On every shard: a tenant whose data was erased. Writes of it that arrive later (still queued,
+    dead-lettered, forwarded) are dropped by the applier instead of applied."""
+
+    SHARD_RESIDENT: ClassVar[bool] = True
+
+    tenant_id = models.UUIDField(primary_key=True)
+    erased_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "erased_tenants"
+        ordering = ["-erased_at"]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} (erased {self.erased_at:%Y-%m-%d %H:%M})"

@@ -105,7 +105,7 @@ def logical_shard_move(
             "add_shard and add its URL to SHARD_DATABASE_URLS of every process first."
         )
     chunk = chunk_rows or settings.WRITES_MOVE_CHUNK_ROWS
-    with _move_lock(logical_shard):
+    with move_lock(logical_shard):
         source = shard_for_logical(logical_shard)
         result = MoveResult(logical_shard=logical_shard, source=source, target=target)
         if source == target:
@@ -174,7 +174,8 @@ def _finish_interrupted(result: MoveResult, chunk: int, report: Callable[[str], 
 
 
 @contextmanager
-def _move_lock(logical_shard: int) -> Iterator[None]:
+def move_lock(logical_shard: int) -> Iterator[None]:
+    """Hold the logical shard for the block: no move of it (nor an erasure touching it) runs meanwhile."""
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_CLASS, logical_shard])
         (locked,) = cursor.fetchone()
