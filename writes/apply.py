@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, connections, transaction
 from kombu import Queue
 
-from writes.errors import ForwardFailed
+from writes.errors import ErasedMeanwhile, ForwardFailed
 from writes.fates import claim_messages
 from writes.lifecycle import horizon_number
 from writes.models import MovedLogicalShard
@@ -41,6 +41,7 @@ from writes.partitions import (
     young_day,
 )
 from writes.routing import logical_shard_for
+from writes.tombstones import erased_among
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ class ApplyResult:
     diverted: int = 0
     #: Writes of messages this transaction did not claim: abandoned by the API, or applied before.
     skipped: int = 0
+    #: Writes of tenants erased on this shard (``writes.erasure``): dropped, never applied or recorded.
+    erased: int = 0
 
 
 class _Diversion:
@@ -473,6 +476,7 @@ def _apply(
     # transaction, the caller may still roll it back.
     outermost = not connection.in_atomic_block
     created = False
+    erased = 0
     with transaction.atomic(using=shard), connection.cursor() as cursor:
         created = _prepare_staging(cursor, connection.connection)
         if groups is None:
@@ -483,11 +487,18 @@ def _apply(
                 if message.message_id is None or message.message_id in claimed
                 for group in message.groups
             ]
-        skipped = sum(len(group[3]) for message in messages for group in message.groups) - sum(
-            len(group[3]) for group in groups
+        skipped = (
+            sum(len(group[3]) for message in messages for group in message.groups)
+            - sum(len(group[3]) for group in groups)
+            if messages
+            else 0
         )
+        gone = erased_among(cursor, {str(group[0]) for group in groups})
+        if gone:
+            erased = sum(len(group[3]) for group in groups if str(group[0]) in gone)
+            groups = [group for group in groups if str(group[0]) not in gone]
         batch = _Batch(groups)
-        received = batch.count
+        received = batch.count + erased
         hooked = {str(group[1]) for group in groups}.intersection(KIND_HOOKS)
         kinds = ",".join(sorted({str(group[1]) for group in groups}))
         tag = f"apply {shard} messages={len(messages) or 1} writes={received} {kinds}"
@@ -542,10 +553,11 @@ def _apply(
     return ApplyResult(
         received=received + skipped,
         applied=applied,
-        duplicates=received - applied - len(rejected) - diverted,
+        duplicates=received - applied - len(rejected) - diverted - erased,
         rejected=len(rejected),
         diverted=diverted,
         skipped=skipped,
+        erased=erased,
     )
 
 
@@ -589,6 +601,7 @@ def _copy_into_log(cursor: Any, batch: _Batch, diversion: _Diversion | None) -> 
     try:
         with transaction.atomic(using=cursor.db.alias):
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+            _refuse_erased(cursor, batch)
             if diversion is not None and diversion.leaving(cursor, batch):
                 return None
             with cursor.cursor.copy(_COPY_INTO_LOG) as copy:
@@ -604,6 +617,7 @@ def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None, r
     with cursor.cursor.copy(_COPY) as copy:
         copy.write(batch.copy_data())
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+    _refuse_erased(cursor, batch)
     if diversion is not None:
         diversion.take_out(cursor, batch)
     cursor.execute(_INSERT)
@@ -613,6 +627,14 @@ def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None, r
         for *row, stored_kind in cursor.fetchall():
             rejected.append((tuple(row), EXISTS_WITH_DIFFERENT_FIELDS, conflict_reason(stored_kind)))
     return inserted
+
+
+def _refuse_erased(cursor: Any, batch: _Batch) -> None:
+    """Under the append lock: a tenant erased since this batch began (its tombstone is written under
+    the same lock) fails the batch, to be tried again without that tenant's writes."""
+    gone = erased_among(cursor, batch.tenants())
+    if gone:
+        raise ErasedMeanwhile(f"tenant(s) {', '.join(sorted(gone))} erased while their writes were being applied")
 
 
 def _forward(cursor: Any, shard: str, rows: list[StagedRow]) -> None:

@@ -52,35 +52,22 @@ class ErasureError(WritesError):
     """The erasure cannot run now; the message says why. Nothing is half-done that a re-run does not finish."""
 
 
+# Shard tables with a ``tenant_id`` that no model describes: the ids of ``writes.partitions`` without a
+# day of their own.
+UNMODELLED_TENANT_TABLES = ("write_id_days",)
+
+
 def tenant_tables() -> list[str]:
     """Every shard table holding tenant rows: the shard-resident models with a ``tenant_id`` column, so a
     new read model is erased without a change here. The tombstones are not tenant data."""
-    return sorted(
+    modelled = {
         model._meta.db_table
         for model in apps.get_models()
         if is_shard_resident(model)
         and model is not ErasedTenant
         and any(column.name == "tenant_id" for column in model._meta.concrete_fields)
-    )
-
-
-def erased_among(cursor: Any, tenant_ids: set[str]) -> set[str]:
-    """The ids among ``tenant_ids`` (spelled as given) that were erased on the cursor's shard.
-
-    For the applier, inside its transaction and under the append lock: an erasure writes its tombstone
-    under that lock, so an append either committed before the erasure began (and is deleted by it) or
-    sees the tombstone. Ids that are no UUID are never erased ones.
-    """
-    canonical: dict[str, set[str]] = {}
-    for tenant_id in tenant_ids:
-        try:
-            canonical.setdefault(str(uuid.UUID(str(tenant_id))), set()).add(tenant_id)
-        except (ValueError, TypeError, AttributeError):
-            continue
-    if not canonical:
-        return set()
-    cursor.execute("SELECT tenant_id::text FROM erased_tenants WHERE tenant_id = ANY(%s::uuid[])", [list(canonical)])
-    return {given for (found,) in cursor.fetchall() for given in canonical[found]}
+    }
+    return sorted(modelled | set(UNMODELLED_TENANT_TABLES))
 
 
 # --- Erasing one tenant ------------------------------------------------------------------------

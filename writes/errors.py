@@ -33,3 +33,8 @@ class AccountConflict(WritesError):
 
 class ForwardFailed(WritesError):
     """Writes of a moved logical shard could not be forwarded to their new queue: retried in place."""
+
+
+class ErasedMeanwhile(WritesError):
+    """A tenant of the batch was erased while the batch was being applied: the transaction is rolled
+    back and tried again, and the second attempt leaves that tenant's writes out."""

@@ -163,9 +163,7 @@ def _drop(shard: str, day: date, gone: list[str], highest: int, outcome: DayOutc
     return outcome
 
 
-def _rewrite(
-    shard: str, day: date, kinds: list[str], gone: list[str], highest: int, outcome: DayOutcome
-) -> DayOutcome:
+def _rewrite(shard: str, day: date, kinds: list[str], gone: list[str], highest: int, outcome: DayOutcome) -> DayOutcome:
     name = partition_name(day)
     fresh, old = f"{name}_kept", f"{name}_retired"
     upper = day + timedelta(days=1)

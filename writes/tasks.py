@@ -19,7 +19,7 @@ from django.db import OperationalError, connections
 
 from readmodels.tasks import request_projection
 from writes.apply import ApplyResult, PublishedMessage, apply_messages, message_id
-from writes.errors import ForwardFailed
+from writes.errors import ErasedMeanwhile, ForwardFailed
 from writes.fates import KEEP_DAYS, PRUNE_SQL
 from writes.metrics import (
     APPLY_BATCH_SIZE,
@@ -70,7 +70,7 @@ def with_shard_retries(shard: str, work: Callable[[], T], *, max_attempts: int |
     while True:
         try:
             return work()
-        except (OperationalError, psycopg.OperationalError, ForwardFailed) as exc:
+        except (OperationalError, psycopg.OperationalError, ForwardFailed, ErasedMeanwhile) as exc:
             attempt += 1
             connections[shard].close()
             if not _is_connection_failure(exc) and attempt >= cap:

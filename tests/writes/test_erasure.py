@@ -28,7 +28,8 @@ from tests.writes.test_ledger_apply import group, transfer
 from tests.writes.test_moves import two_tenants_on_shard_0
 from writes.apply import apply_batch
 from writes.dead_letters import dead_letters_list, dead_letters_replay
-from writes.erasure import erased_among, tenant_tables
+from writes.erasure import tenant_tables
+from writes.tombstones import erased_among
 from writes.ledger import account_create
 from writes.models import ApiKey, ErasedTenant, Tenant, TenantErasure, WriteLog
 from writes.moves import logical_shard_move
@@ -50,6 +51,7 @@ EXPECTED_TABLES = [
     "ledger_accounts",
     "ledger_balances",
     "rejected_writes",
+    "write_id_days",
     "write_log",
 ]
 
