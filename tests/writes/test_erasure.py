@@ -29,13 +29,13 @@ from tests.writes.test_moves import two_tenants_on_shard_0
 from writes.apply import apply_batch
 from writes.dead_letters import dead_letters_list, dead_letters_replay
 from writes.erasure import tenant_tables
-from writes.tombstones import erased_among
 from writes.ledger import account_create
 from writes.models import ApiKey, ErasedTenant, Tenant, TenantErasure, WriteLog
 from writes.moves import logical_shard_move
 from writes.publisher import apply_task_message
 from writes.queues import MSGPACK_CONTENT_TYPE, dead_letter_queue, queue_name, register_serializer
 from writes.routing import TenantContext
+from writes.tombstones import erased_among
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)]
 
