@@ -27,7 +27,7 @@ from django.db import connections, transaction
 
 from readmodels.projections import Projection, rebuild_support
 from readmodels.projector import fold, head_position, lock_checkpoint, set_checkpoint
-from readmodels.repair import maintenance_lock
+from readmodels.repair import maintenance_lock, retired_history
 
 #: Called after every slice with (position replayed, head of the log).
 ProgressCallback = Callable[[int, int], None]
@@ -87,6 +87,8 @@ def rebuild_projection(
     rebuildable = rebuild_support(projection)
     if rebuildable is None:
         raise RebuildError(f"{projection.name} does not support rebuild: it does not declare its `tables`.")
+    if (retired := retired_history(projection)) is not None:
+        raise RebuildError(f"{projection.name} cannot be rebuilt from the log alone: {retired}.")
     clock = time.monotonic()
     connection = connections[shard]
     with maintenance_lock(shard, projection.name) as acquired:

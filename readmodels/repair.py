@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -32,6 +32,8 @@ from django.utils import timezone
 from readmodels.models import RepairRun
 from readmodels.projections import PROJECTIONS, Projection, repair_support
 from readmodels.projector import lock_checkpoint
+from writes.lifecycle import horizon_number
+from writes.partitions import EPOCH
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,29 @@ def maintenance_lock(shard: str, projection_name: str) -> Iterator[bool]:
                 )
 
 
+def retired_history(projection: Projection) -> str | None:
+    """Why the log no longer holds the whole history of ``projection`` (retention retires some of its
+    kinds), or ``None``. A projection whose values need every row of a key (a balance, a conversation)
+    cannot be recomputed from the log then: replay the archives (``replay_archive``) instead."""
+    retained = sorted(set(projection.kinds) & set(settings.WRITES_RETENTION_DAYS))
+    if not retained:
+        return None
+    return (
+        f"WRITES_RETENTION_DAYS retires {', '.join(retained)} writes, so the log no longer holds all that "
+        f"{projection.name} is computed from; rebuild it from the archives (replay_archive) instead"
+    )
+
+
+def kept_since(projection: Projection) -> datetime:
+    """The earliest moment a windowed repair may start from: every row that counts for a bucket from
+    then on is still in the log (an event's time is at most two days before its id's day)."""
+    floors = [horizon for kind in projection.kinds if (horizon := horizon_number(kind)) is not None]
+    if not floors:
+        return datetime.min.replace(tzinfo=UTC)
+    first_kept = datetime.combine(EPOCH + timedelta(days=max(floors)), datetime.min.time(), tzinfo=UTC)
+    return first_kept + timedelta(days=2)
+
+
 def repair_projection(*, shard: str, projection: Projection, since: datetime | None = None) -> RepairOutcome:
     """Repair one projection on one shard for the window ``since``… (default: the configured hours)."""
     since = since or default_since()
@@ -91,6 +116,10 @@ def repair_projection(*, shard: str, projection: Projection, since: datetime | N
 
     if repairable is None:
         return skipped("this projection does not support repair (no find_drift/fix_drift)")
+    retired = retired_history(projection)
+    if retired is not None and not getattr(projection, "windowed", False):
+        return skipped(retired)
+    since = max(since, kept_since(projection))
     with maintenance_lock(shard, projection.name) as acquired:
         if not acquired:
             result = skipped("another repair or rebuild of this projection is running")

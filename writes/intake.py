@@ -17,6 +17,7 @@ import msgspec
 
 from writes.ids import uuid7_many
 from writes.metrics import ACCEPT_SECONDS, WRITES_ACCEPTED
+from writes.partitions import ID_AHEAD_MS
 from writes.publisher import WriteGroup
 from writes.routing import TenantContext
 from writes.schemas import (
@@ -68,6 +69,7 @@ def prepare_writes(
     """Turn a parsed body into log rows for ``tenant``; ``ValidationFailed`` lists every bad item."""
     received_at = datetime.now(UTC)
     rows, errors = build_rows(parsed.items, received_at, parsed.is_batch)
+    errors.extend(future_id_errors(parsed.items, received_at, parsed.is_batch))
     if errors:
         raise ValidationFailed(f"{len(errors)} invalid item(s); nothing was accepted.", errors)
     group: WriteGroup = [str(tenant.tenant_id), kind, received_at.isoformat(), rows]
@@ -91,6 +93,21 @@ def record_accepted(*, tenant: TenantContext, kind: str, ids: list[str], seconds
                 "write_ids": ids[:20],
             },
         )
+
+
+def future_id_errors(items: Sequence[Any], received_at: datetime, is_batch: bool) -> list[FieldError]:
+    """Client ids that are UUIDv7s from more than a day ahead: the log's partitions go by an id's time
+    (``writes.partitions``), and a clock that far off is the client's bug."""
+    limit = int(received_at.timestamp() * 1000) + ID_AHEAD_MS
+    return [
+        FieldError(
+            index if is_batch else None,
+            "id",
+            "This UUIDv7 id's time is more than a day in the future; check the clock that made it.",
+        )
+        for index, item in enumerate(items)
+        if (write_id := getattr(item, "id", None)) is not None and write_id.version == 7 and write_id.int >> 80 > limit
+    ]
 
 
 def write_ids(items: Sequence[Any]) -> list[str]:

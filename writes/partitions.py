@@ -272,3 +272,10 @@ def _is_uuid(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def id_day_sql(tenant: str, write_id: str) -> str:
+    """SQL for the day of an applied write's id, from column expressions: what a lookup by (tenant, id)
+    joins ``write_log.id_day`` to, so that PostgreSQL reads one partition instead of all of them."""
+    known = f"SELECT d.id_day FROM write_id_days d WHERE d.tenant_id = {tenant} AND d.write_id = {write_id}"  # noqa: S608
+    return f"coalesce(({known}), uuid7_day({write_id}))"

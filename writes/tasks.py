@@ -152,3 +152,15 @@ def prune_publish_fates_task() -> dict[str, int]:
             cursor.execute(PRUNE_SQL, [KEEP_DAYS])
             pruned[shard] = cursor.rowcount
     return pruned
+
+
+@shared_task(name="writes.maintain_log", ignore_result=True)
+def maintain_log_task() -> dict[str, dict[str, int]]:
+    """The log's lifecycle on every shard (beat, hourly): partitions ahead, retention, archives."""
+    from writes.lifecycle import maintain_log
+
+    done: dict[str, dict[str, int]] = {}
+    for shard in settings.SHARD_ALIASES:
+        report = maintain_log(shard)
+        done[shard] = {"created": len(report.created), "retired": sum(o.action != "busy" for o in report.days)}
+    return done

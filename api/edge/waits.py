@@ -24,18 +24,21 @@ from typing import Any
 from api.edge.database import Pools
 from api.errors import TooManyWaits
 from writes.apply import EXISTS_WITH_DIFFERENT_FIELDS
+from writes.partitions import id_day_sql
 
 WriteKey = tuple[uuid.UUID, uuid.UUID]  # (tenant_id, write_id)
 
-_STATUSES = """
+# The log is read in the partition of each id's day only (writes.partitions).
+_STATUSES = f"""
 SELECT l.tenant_id, l.write_id, 'applied', l.kind, l.position, l.applied_at, NULL, NULL, NULL
-FROM write_log l JOIN unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, write_id)
-  ON l.tenant_id = w.tenant_id AND l.write_id = w.write_id
+FROM (SELECT w.tenant_id, w.write_id, {id_day_sql("w.tenant_id", "w.write_id")} AS id_day
+      FROM unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, write_id)) AS k
+JOIN write_log l ON l.tenant_id = k.tenant_id AND l.write_id = k.write_id AND l.id_day = k.id_day
 UNION ALL
 SELECT r.tenant_id, r.write_id, 'rejected', r.kind, NULL, NULL, r.code, r.reason, r.rejected_at
 FROM rejected_writes r JOIN unnest(%s::uuid[], %s::uuid[]) AS w(tenant_id, write_id)
   ON r.tenant_id = w.tenant_id AND r.write_id = w.write_id
-"""
+"""  # noqa: S608 (constant SQL)
 
 _CHECKPOINT = "SELECT position FROM projection_checkpoints WHERE projection = %s"
 

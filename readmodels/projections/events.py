@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from readmodels.projections.base import DriftScan, LogRow
@@ -64,7 +64,7 @@ _COMPARE = {
 WITH expected AS (
     SELECT tenant_id, key AS name, date_trunc('{grain}', occurred_at, 'UTC') AS bucket, count(*) AS n
     FROM write_log
-    WHERE kind = 'event' AND position <= %(upto)s AND occurred_at >= %(since)s
+    WHERE kind = 'event' AND position <= %(upto)s AND occurred_at >= %(since)s AND id_day >= %(since_day)s
     GROUP BY 1, 2, 3
 ), stored AS (
     SELECT tenant_id, name, bucket, count FROM {table} WHERE bucket >= %(since)s
@@ -110,6 +110,13 @@ def _columns(deltas: Iterable[tuple[BucketKey, int]]) -> list[list[Any]]:
     return [tenants, names, buckets, counts]
 
 
+def earliest_id_day(since: datetime) -> date:
+    """The oldest partition that can hold an event that occurred at or after ``since``: a client's
+    timestamp is at most a day ahead of the receipt, and an id's day at most a day before it
+    (``writes.partitions``). Repair reads those partitions only, not the whole log."""
+    return (since - timedelta(days=2)).astimezone(UTC).date()
+
+
 @dataclass(frozen=True, slots=True)
 class CountDrift:
     """One stored counter that differs from the log: add ``delta`` to it."""
@@ -125,6 +132,9 @@ class EventCounts:
     name = "event_counts"
     kinds = frozenset({"event"})
     tables = (HOURLY_TABLE, DAILY_TABLE)
+    #: A bucket's count needs only the rows of that bucket, so repair stays correct under retention as
+    #: long as its window lies inside what the log still keeps (``readmodels.repair``).
+    windowed = True
 
     def apply(self, cursor: Any, rows: Sequence[LogRow]) -> None:
         hourly, daily = count_deltas(rows)
@@ -140,7 +150,7 @@ class EventCounts:
         drift: list[CountDrift] = []
         for (table, grain), statement in _COMPARE.items():
             start = hour_of(since) if grain == "hour" else day_of(since)
-            cursor.execute(statement, {"upto": upto, "since": start})
+            cursor.execute(statement, {"upto": upto, "since": start, "since_day": earliest_id_day(start)})
             for tenant_id, name, bucket, delta in cursor.fetchall():
                 checked += 1
                 if delta:
