@@ -1,4 +1,5 @@
-"""The ceiling: raw psycopg 3 COPY of log-shaped rows into a scratch copy of ``write_log`` on each shard.
+"""The ceiling: raw psycopg 3 COPY of log-shaped rows into a scratch copy of ``write_log`` on each shard
+(partitioned like the log, rows in today's partition).
 
 One connection per shard, 10,000 rows per transaction, rows pre-encoded in COPY text format, so the
 figure is what PostgreSQL on this machine can take for this row shape and these indexes.
@@ -19,16 +20,26 @@ if TYPE_CHECKING:
 
 ROWS_PER_COPY = 10_000
 _TENANT_PLACEHOLDER = b"00000000-0000-0000-0000-0000000000aa"
-_COPY = "COPY bench_copy_scratch (tenant_id, write_id, kind, key, payload, occurred_at, received_at) FROM STDIN"
+_COPY = "COPY bench_copy_scratch (tenant_id, write_id, kind, key, payload, occurred_at, received_at, id_day) FROM STDIN"
 
 
 def copy_block() -> bytes:
     """10,000 rows like the API's: unique write ids; the tenant is swapped in per COPY, so ids stay unique."""
-    now = datetime.now(UTC).isoformat()
+    moment = datetime.now(UTC)
+    now, day = moment.isoformat(), moment.date().isoformat()
     lines = []
     for n in range(ROWS_PER_COPY):
         payload = json.dumps({"distinct_id": f"user-{n % 10_000}", "properties": {"path": f"/p/{n % 1000}", "n": n}})
-        fields = [_TENANT_PLACEHOLDER.decode(), str(uuid.uuid4()), "event", f"page_view_{n % 7}", payload, now, now]
+        fields = [
+            _TENANT_PLACEHOLDER.decode(),
+            str(uuid.uuid4()),
+            "event",
+            f"page_view_{n % 7}",
+            payload,
+            now,
+            now,
+            day,
+        ]
         lines.append("\t".join(f.replace("\\", "\\\\") for f in fields))
     return ("\n".join(lines) + "\n").encode()
 

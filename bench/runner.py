@@ -536,7 +536,11 @@ class BenchRun:
             with self.environment.connect(alias) as connection:
                 connection.execute(
                     "CREATE TABLE bench_copy_scratch (LIKE write_log INCLUDING DEFAULTS INCLUDING IDENTITY "
-                    "INCLUDING INDEXES INCLUDING CONSTRAINTS)"
+                    "INCLUDING INDEXES INCLUDING CONSTRAINTS) PARTITION BY RANGE (id_day)"
+                )
+                connection.execute(
+                    "CREATE TABLE bench_copy_scratch_today PARTITION OF bench_copy_scratch "
+                    "FOR VALUES FROM (current_date) TO (current_date + 1)"
                 )
         sampler = Sampler(self.environment, scenario.table, scenario.id_column)
         sampler.start()
