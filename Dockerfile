@@ -10,7 +10,8 @@ COPY pyproject.toml constraints.txt README.md ./
 RUN pip install -c constraints.txt .
 
 COPY . .
-RUN useradd --system --uid 1000 app && mkdir -p var && chown app var
+# var/archive is a volume in docker-compose.yml: created here so the volume starts owned by app.
+RUN useradd --system --uid 1000 app && mkdir -p var/archive && chown -R app var
 USER app
 
 EXPOSE 8000

@@ -371,7 +371,7 @@ class _Batch:
                 reason = _expired_reason(kind, settings.WRITES_RETENTION_DAYS[kind], day)
                 refused[index] = (RETENTION_EXPIRED, reason)
         needed = {day for index, day in enumerate(days) if day is not None and index not in refused}
-        retired = _partitions.ensure(cursor, cursor.db.alias, needed)
+        retired = _partitions.ensure(cursor, cursor.db.alias, needed, lock=lambda: _append_lock(cursor))
         for index, day in enumerate(days):
             if day in retired and index not in refused:
                 refused[index] = (DAY_RETIRED, _retired_reason(day))
@@ -627,6 +627,10 @@ def _copy_and_insert(cursor: Any, batch: _Batch, diversion: _Diversion | None, r
         for *row, stored_kind in cursor.fetchall():
             rejected.append((tuple(row), EXISTS_WITH_DIFFERENT_FIELDS, conflict_reason(stored_kind)))
     return inserted
+
+
+def _append_lock(cursor: Any) -> None:
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
 
 
 def _refuse_erased(cursor: Any, batch: _Batch) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -164,9 +164,10 @@ class MissingPartitions:
     def __init__(self) -> None:
         self.known: dict[str, set[int]] = {}
 
-    def ensure(self, cursor: Any, alias: str, numbers: set[int]) -> set[int]:
+    def ensure(self, cursor: Any, alias: str, numbers: set[int], *, lock: Callable[[], None]) -> set[int]:
         """Make sure the partitions of ``numbers`` exist where allowed; returns the day numbers that
-        have none (retired, or too old to create)."""
+        have none (retired). ``lock`` is called before anything is created: the shard's append lock,
+        so two appliers never race to create one day."""
         known = self.known.setdefault(alias, set())
         missing = numbers - known
         if not missing:
@@ -175,6 +176,9 @@ class MissingPartitions:
         missing = numbers - known
         if not missing:
             return set()
+        lock()
+        known |= {day_number(day) for day in attached_days(cursor)}
+        missing = numbers - known
         # Any day but a retired one: moves and dead-letter replays bring writes received long ago.
         creatable = {number for number in missing if 0 <= number <= day_number(today()) + 2}
         creatable -= retired_day_numbers(cursor, creatable)
