@@ -17,10 +17,13 @@ from writes.lifecycle import maintain_log
 from writes.models import RejectedWrite, WriteLog
 from writes.partitions import attached_days, partition_name, today
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+pytestmark = [
+    pytest.mark.django_db(databases=ALL_DATABASES, transaction=True),
+    pytest.mark.usefixtures("lifecycle_reset"),
+]
 
 SHARD = "shard_1"
-# Each test retires a day of its own: retired days stay retired (log_partitions) for the session.
+# Each test retires a day of its own (lifecycle_reset makes them writable again afterwards).
 DAY_ONE = datetime.now(UTC).replace(hour=6, minute=0, second=0, microsecond=0) - timedelta(days=20)
 DAY_TWO, DAY_THREE = DAY_ONE - timedelta(days=1), DAY_ONE - timedelta(days=2)
 

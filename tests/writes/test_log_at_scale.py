@@ -21,7 +21,11 @@ from tests.conftest import ALL_DATABASES, TenantHandle, make_tenant
 from writes.lifecycle import maintain_log
 from writes.partitions import attached_days, create_partitions, partition_name, today
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(databases=ALL_DATABASES, transaction=True),
+    pytest.mark.usefixtures("lifecycle_reset"),
+]
 
 ROWS = 2_000_000
 SHARD, ELSEWHERE = "shard_0", "shard_1"

@@ -16,7 +16,10 @@ from writes.models import RejectedWrite, WriteLog
 from writes.partitions import attached_days, partition_name
 from writes.routing import TenantContext
 
-pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+pytestmark = [
+    pytest.mark.django_db(databases=ALL_DATABASES, transaction=True),
+    pytest.mark.usefixtures("lifecycle_reset"),
+]
 
 SHARD = "shard_0"
 MIDNIGHT = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
