@@ -33,3 +33,7 @@ class AccountConflict(WritesError):
 
 class ForwardFailed(WritesError):
     """Writes of a moved logical shard could not be forwarded to their new queue: retried in place."""
+
+
+class ArchiveError(WritesError):
+    """An archive of the log cannot be written, trusted or replayed as asked (``writes.archive``)."""
