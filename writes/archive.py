@@ -51,8 +51,10 @@ FORMAT = "write-log-archive"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 COMPRESSION: Final = "zstd"
-#: Rows per Parquet row group, and per fetch from the server-side cursor: what memory holds at a time.
+#: Rows per Parquet row group: what memory holds at a time (as Arrow data) while a file is written.
 ROW_GROUP_ROWS = 100_000
+#: Rows per fetch from the server-side cursor.
+FETCH_ROWS = 10_000
 #: Rows per ``apply_batch`` transaction of a replay.
 REPLAY_CHUNK_ROWS = 5_000
 # Rows a replay holds per open file (several are open at once where their positions interleave).
@@ -205,21 +207,31 @@ def archive_day(*, shard: str, day: date, kinds: Sequence[str], row_group_rows: 
 def _write_kind(
     raw_connection: Any, table: str, kind: str, temporary: Path, metadata: dict[str, str], row_group_rows: int
 ) -> _Written | None:
-    """Stream one kind of the partition into a Parquet file at ``temporary``; ``None`` when it has no rows."""
+    """Stream one kind of the partition into a Parquet file at ``temporary``; ``None`` when it has no rows.
+
+    Rows are fetched ``FETCH_ROWS`` at a time and turned into Arrow batches at once (Python objects
+    cost several times the Arrow bytes); a row group is written when ``row_group_rows`` are buffered."""
     writer: pq.ParquetWriter | None = None
-    rows = 0
+    buffered: list[pa.RecordBatch] = []
+    pending = rows = 0
     first = last = 0
     try:
-        # A named cursor is a server-side one: the rows come ``row_group_rows`` at a time.
+        # A named cursor is a server-side one: the rows come a fetch at a time, never all at once.
         with raw_connection.cursor(name=f"archive_{kind}") as cursor:
             cursor.execute(_SELECT.format(table=table), [kind])
-            while chunk := cursor.fetchmany(row_group_rows):
+            while chunk := cursor.fetchmany(min(FETCH_ROWS, row_group_rows)):
                 if writer is None:
                     writer = _parquet_writer(temporary, metadata)
                     first = int(chunk[0][0])
-                writer.write_batch(_record_batch(chunk), row_group_size=row_group_rows)
+                buffered.append(_record_batch(chunk))
+                pending += len(chunk)
                 rows += len(chunk)
                 last = int(chunk[-1][0])
+                if pending >= row_group_rows:
+                    writer.write_table(pa.Table.from_batches(buffered), row_group_size=row_group_rows)
+                    buffered, pending = [], 0
+        if writer is not None and buffered:
+            writer.write_table(pa.Table.from_batches(buffered), row_group_size=row_group_rows)
     finally:
         if writer is not None:
             writer.close()
