@@ -335,12 +335,11 @@ class _Batch:
             for row in self._rows:
                 yield row[1], row[3], row[7], row[2]
 
-    def resolve_days(self, cursor: Any, *, retention: bool = True) -> list[Rejection]:
+    def resolve_days(self, cursor: Any) -> list[Rejection]:
         """Give every row its ``id_day`` (``writes.partitions``), make sure its partition exists, and
-        take out the rows that cannot have one; returns those, as rejections. ``retention=False``
-        keeps the rows older than their kind's retention."""
+        take out the rows that cannot have one; returns those, as rejections."""
         today_number = day_number(today())
-        horizons = _retention_horizons() if retention else {}
+        horizons = _retention_horizons()
         days: list[int | None] = []
         refused: dict[int, tuple[str, str]] = {}
         foreign: dict[ForeignKey, tuple[int, int | None]] = {}
@@ -454,16 +453,13 @@ def message_id(value: Any) -> str | None:
 def apply_messages(*, shard: str, messages: Sequence[PublishedMessage]) -> ApplyResult:
     """Apply broker messages to ``shard`` in one transaction, each only if this transaction claims it
     (``writes.fates``): a message the API abandoned, or one already applied, is left out whole."""
-    return _apply(shard=shard, groups=None, messages=messages, divert=True, retention=True)
+    return _apply(shard=shard, groups=None, messages=messages, divert=True)
 
 
-def apply_batch(
-    *, shard: str, groups: Sequence[Sequence[Any]], divert: bool = True, retention: bool = True
-) -> ApplyResult:
+def apply_batch(*, shard: str, groups: Sequence[Sequence[Any]], divert: bool = True) -> ApplyResult:
     """Apply message groups to ``shard`` in one transaction, unclaimed (moving data in, and tests).
-    ``divert=False`` (moving data in) ignores fences; ``retention=False`` (replaying an archive) applies
-    writes older than their kind's retention too."""
-    return _apply(shard=shard, groups=groups, messages=(), divert=divert, retention=retention)
+    ``divert=False`` (moving data in) ignores fences."""
+    return _apply(shard=shard, groups=groups, messages=(), divert=divert)
 
 
 def _apply(
@@ -472,7 +468,6 @@ def _apply(
     groups: Sequence[Sequence[Any]] | None,
     messages: Sequence[PublishedMessage],
     divert: bool,
-    retention: bool,
 ) -> ApplyResult:
     connection = connections[shard]
     rejected: list[Rejection] = []
@@ -521,14 +516,14 @@ def _apply(
                     rows = [row for row in rows if row[3] != kind or (row[1], row[2]) not in decision.drop]
             batch = _Batch(None, rows)
         if batch.count:
-            hook_rejected.extend(batch.resolve_days(cursor, retention=retention))
+            hook_rejected.extend(batch.resolve_days(cursor))
         applied = None
         if batch.count:
             applied = _copy_into_log(cursor, batch, diversion)
         if applied is None and batch.count:
             # The partitions may have changed under this process (retention retired a day): look again.
             _partitions.forget(cursor.db.alias)
-            hook_rejected.extend(batch.resolve_days(cursor, retention=retention))
+            hook_rejected.extend(batch.resolve_days(cursor))
         if applied is None:
             applied = _apply_isolating(cursor, batch, rejected, diversion, first=True) if batch.count else 0
         if hook_rejected and diversion is not None:

@@ -12,6 +12,11 @@ class WritesConfig(AppConfig):
 
     def ready(self) -> None:
         from writes.apply import KIND_HOOKS
+        from writes.archive import erase_tenant_from_archives
+        from writes.erasure import EXTRA_STEPS
         from writes.ledger import TRANSFER_KIND, TransferApplyHook
 
         KIND_HOOKS[TRANSFER_KIND] = TransferApplyHook()
+        # A tenant's erasure also rewrites the log's archives without its rows.
+        if erase_tenant_from_archives not in EXTRA_STEPS:
+            EXTRA_STEPS.append(erase_tenant_from_archives)

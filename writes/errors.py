@@ -38,3 +38,7 @@ class ForwardFailed(WritesError):
 class ErasedMeanwhile(WritesError):
     """A tenant of the batch was erased while the batch was being applied: the transaction is rolled
     back and tried again, and the second attempt leaves that tenant's writes out."""
+
+
+class ArchiveError(WritesError):
+    """An archive of the log cannot be written, trusted or replayed as asked (``writes.archive``)."""

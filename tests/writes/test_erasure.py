@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -27,11 +30,13 @@ from tests.writes.test_e2e_events import wait_until
 from tests.writes.test_ledger_apply import group, transfer
 from tests.writes.test_moves import two_tenants_on_shard_0
 from writes.apply import apply_batch
+from writes.archive import archive_day, verify_archive
 from writes.dead_letters import dead_letters_list, dead_letters_replay
 from writes.erasure import tenant_tables
 from writes.ledger import account_create
 from writes.models import ApiKey, ErasedTenant, Tenant, TenantErasure, WriteLog
 from writes.moves import logical_shard_move
+from writes.partitions import today
 from writes.publisher import apply_task_message
 from writes.queues import MSGPACK_CONTENT_TYPE, dead_letter_queue, queue_name, register_serializer
 from writes.routing import TenantContext
@@ -147,10 +152,24 @@ def staff_client() -> Client:
     return client
 
 
-def test_erase_tenant_removes_everything_of_one_tenant_and_nothing_of_its_neighbour(live_worker):
+def archived_tenants(root: Path) -> Counter[str]:
+    """Rows per tenant in every archive file under ``root``."""
+    found: Counter[str] = Counter()
+    for path in root.rglob("*.parquet"):
+        found.update(pq.read_table(path, columns=["tenant_id"]).column("tenant_id").to_pylist())
+    return found
+
+
+def test_erase_tenant_removes_everything_of_one_tenant_and_nothing_of_its_neighbour(live_worker, settings, tmp_path):
+    settings.WRITES_ARCHIVE_DIR = tmp_path
     purge_dead_letters()
     gone, kept = make_tenant("to-erase", shard="shard_0"), make_tenant("to-keep", shard="shard_0")
     gone_ids, kept_ids = fill(gone), fill(kept)
+    # Their day of the log, archived as retention would before taking it out of the database.
+    archive_day(shard="shard_0", day=today(), kinds=["event", "message", "member", "transfer"])
+    archived = archived_tenants(tmp_path)
+    assert archived[str(gone.tenant.id)]
+    assert archived[str(kept.tenant.id)]
     # One dead letter holds groups of both tenants, another only the erased tenant's.
     kept_dead = event_group(kept, "kept-dead")
     dead_letter([event_group(gone, "gone-dead", "gone-dead"), kept_dead], "shard_0")
@@ -188,6 +207,10 @@ def test_erase_tenant_removes_everything_of_one_tenant_and_nothing_of_its_neighb
     assert record.counts["shard_0"] == before["shard_0"]
     assert record.counts["shard_1"] == dict.fromkeys(EXPECTED_TABLES, 0)
     assert (record.counts["api_keys"], record.counts["dead_letters"], record.counts["tenant"]) == (1, 3, 1)
+    # The archives: rewritten without the tenant's rows, the neighbour's all there, still sound.
+    assert record.counts["archive_rows"] == archived[str(gone.tenant.id)]
+    assert archived_tenants(tmp_path) == Counter({str(kept.tenant.id): archived[str(kept.tenant.id)]})
+    assert verify_archive(tmp_path) == []
     # The shards: no row of it in any table; a tombstone on every shard for the applier.
     assert rows_of(gone.tenant.id) == {alias: dict.fromkeys(EXPECTED_TABLES, 0) for alias in settings.SHARD_ALIASES}
     for alias in settings.SHARD_ALIASES:
