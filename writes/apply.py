@@ -15,7 +15,7 @@ import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import psycopg
 from django.conf import settings
@@ -339,24 +339,30 @@ class _Batch:
         """Give every row its ``id_day`` (``writes.partitions``), make sure its partition exists, and
         take out the rows that cannot have one; returns those, as rejections."""
         today_number = day_number(today())
-        horizons = _retention_horizons()
         days: list[int | None] = []
         refused: dict[int, tuple[str, str]] = {}
         foreign: dict[ForeignKey, tuple[int, int | None]] = {}
         received_ms: int | None = None
         last_received: Any = None
+        # One request's server ids share their millisecond, so a row whose id starts like the row
+        # before it has that row's day: one slice and one comparison per row in the common case.
+        last_prefix, last_day = "", 0
         for index, (tenant_id, _, received_at, write_id) in enumerate(self._entries()):
             if received_at is not last_received:
-                last_received = received_at
+                last_received, last_prefix = received_at, ""
                 received_ms = received_millis(received_at) if isinstance(received_at, str) else None
+            if isinstance(write_id, str) and write_id[:13] == last_prefix:
+                days.append(last_day)
+                continue
             day = young_day(write_id, received_ms) if isinstance(write_id, str) else None
-            if day is None:
-                if isinstance(write_id, str) and id_too_far_ahead(write_id, received_ms):
-                    refused[index] = (ID_FROM_THE_FUTURE, _FUTURE_REASON)
-                else:
-                    millis = uuid7_millis(write_id) if isinstance(write_id, str) else None
-                    receipt = received_ms // DAY_MS if received_ms is not None else today_number
-                    foreign[(str(tenant_id), str(write_id))] = (receipt, millis // DAY_MS if millis else None)
+            if day is not None:
+                last_prefix, last_day = write_id[:13], day
+            elif isinstance(write_id, str) and id_too_far_ahead(write_id, received_ms):
+                refused[index] = (ID_FROM_THE_FUTURE, _FUTURE_REASON)
+            else:
+                millis = uuid7_millis(write_id) if isinstance(write_id, str) else None
+                receipt = received_ms // DAY_MS if received_ms is not None else today_number
+                foreign[(str(tenant_id), str(write_id))] = (receipt, millis // DAY_MS if millis else None)
             days.append(day)
         if foreign:
             known = resolve_foreign_days(cursor, foreign)
@@ -364,19 +370,25 @@ class _Batch:
                 if days[index] is None and index not in refused:
                     # An id that is not a UUID gets any day: the insert rejects its row on its own.
                     days[index] = known.get((str(tenant_id), str(write_id)), today_number)
-        for index, (_, kind, _, _) in enumerate(self._entries()):
-            horizon = horizons.get(kind)
-            day = days[index]
-            if horizon is not None and day is not None and day < horizon and index not in refused:
-                reason = _expired_reason(kind, settings.WRITES_RETENTION_DAYS[kind], day)
-                refused[index] = (RETENTION_EXPIRED, reason)
-        needed = {day for index, day in enumerate(days) if day is not None and index not in refused}
+        horizons = _retention_horizons()
+        if horizons:
+            for index, (_, kind, _, _) in enumerate(self._entries()):
+                horizon = horizons.get(kind)
+                day = days[index]
+                if horizon is not None and day is not None and day < horizon and index not in refused:
+                    reason = _expired_reason(kind, settings.WRITES_RETENTION_DAYS[kind], day)
+                    refused[index] = (RETENTION_EXPIRED, reason)
+        if refused:
+            needed = {day for index, day in enumerate(days) if day is not None and index not in refused}
+        else:
+            needed = {day for day in set(days) if day is not None}
         retired = _partitions.ensure(cursor, cursor.db.alias, needed, lock=lambda: _append_lock(cursor))
-        for index, day in enumerate(days):
-            if day in retired and index not in refused:
-                refused[index] = (DAY_RETIRED, _retired_reason(day))
+        if retired:
+            for index, day in enumerate(days):
+                if day in retired and index not in refused:
+                    refused[index] = (DAY_RETIRED, _retired_reason(day))
         if not refused:
-            self.days = [day if day is not None else today_number for day in days]
+            self.days = cast("list[int]", days)  # only a refused row is left without a day
             return []
         rows = self.rows()
         kept = [index for index in range(len(rows)) if index not in refused]
