@@ -156,7 +156,7 @@ def archived_tenants(root: Path) -> Counter[str]:
     """Rows per tenant in every archive file under ``root``."""
     found: Counter[str] = Counter()
     for path in root.rglob("*.parquet"):
-        found.update(pq.read_table(path, columns=["tenant_id"]).column("tenant_id").to_pylist())
+        found.update(str(value) for value in pq.read_table(path, columns=["tenant_id"]).column("tenant_id").to_pylist())
     return found
 
 
