@@ -218,10 +218,19 @@ FROM unnest(%s::uuid[], %s::uuid[], %s::date[]) AS k(tenant_id, write_id, id_day
 JOIN write_log l ON l.tenant_id = k.tenant_id AND l.write_id = k.write_id AND l.id_day = k.id_day
 """
 
+# Records each id's day unless it has one, and reads the day each has, in one statement: the rows this
+# statement inserted come from its RETURNING, the others from the table as the statement found it.
 _REMEMBER = """
-INSERT INTO write_id_days (tenant_id, write_id, id_day)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::date[])
-ON CONFLICT (tenant_id, write_id) DO NOTHING
+WITH k AS (SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::date[]) AS k(tenant_id, write_id, id_day)),
+fresh AS (
+    INSERT INTO write_id_days (tenant_id, write_id, id_day) SELECT tenant_id, write_id, id_day FROM k
+    ON CONFLICT (tenant_id, write_id) DO NOTHING
+    RETURNING tenant_id, write_id, id_day
+)
+SELECT tenant_id::text, write_id::text, id_day FROM fresh
+UNION ALL
+SELECT d.tenant_id::text, d.write_id::text, d.id_day FROM write_id_days d
+JOIN k ON d.tenant_id = k.tenant_id AND d.write_id = k.write_id
 """
 
 ForeignKey = tuple[str, str]  # (tenant_id, write_id) as spelled in the message
@@ -235,33 +244,25 @@ def resolve_foreign_days(cursor: Any, wanted: dict[ForeignKey, tuple[int, int | 
     valid = {key: value for key, value in wanted.items() if _is_uuid(key[0]) and _is_uuid(key[1])}
     if not valid:
         return {}
-    tenants, ids = [key[0] for key in valid], [key[1] for key in valid]
-    cursor.execute(_KNOWN, [tenants, ids])
-    days = {(tenant, write_id): day_number(day) for tenant, write_id, day in cursor.fetchall()}
-    fresh = {key: value for key, value in valid.items() if _canonical(key) not in days}
-    if fresh:
-        own = {key: value[1] for key, value in fresh.items() if value[1] is not None}
-        found: set[ForeignKey] = set()
-        if own:
-            cursor.execute(
-                _IN_OWN_DAY,
-                [[k[0] for k in own], [k[1] for k in own], [EPOCH + timedelta(days=d) for d in own.values()]],
-            )
-            found = {(tenant, write_id) for tenant, write_id in cursor.fetchall()}
-        chosen = {
-            key: (value[1] if value[1] is not None and _canonical(key) in found else value[0])
-            for key, value in fresh.items()
-        }
+    chosen = {key: receipt for key, (receipt, _) in valid.items()}
+    # Old UUIDv7s are rare (a retry more than a day late): each costs a probe of its own day.
+    own = {key: day for key, (_, day) in valid.items() if day is not None}
+    if own:
         cursor.execute(
-            _REMEMBER,
-            [
-                [k[0] for k in chosen],
-                [k[1] for k in chosen],
-                [EPOCH + timedelta(days=d) for d in chosen.values()],
-            ],
+            _IN_OWN_DAY, [[k[0] for k in own], [k[1] for k in own], [EPOCH + timedelta(days=d) for d in own.values()]]
         )
-        # Another transaction may have recorded some of them first: its day is the one.
-        cursor.execute(_KNOWN, [[k[0] for k in chosen], [k[1] for k in chosen]])
+        found = {(tenant, write_id) for tenant, write_id in cursor.fetchall()}
+        chosen.update({key: day for key, day in own.items() if _canonical(key) in found})
+    keys = list(chosen)
+    cursor.execute(
+        _REMEMBER,
+        [[k[0] for k in keys], [k[1] for k in keys], [EPOCH + timedelta(days=chosen[k]) for k in keys]],
+    )
+    days = {(tenant, write_id): day_number(day) for tenant, write_id, day in cursor.fetchall()}
+    late = [key for key in keys if _canonical(key) not in days]
+    if late:
+        # Recorded meanwhile by a transaction that committed after this statement began: its day is the one.
+        cursor.execute(_KNOWN, [[k[0] for k in late], [k[1] for k in late]])
         days.update({(tenant, write_id): day_number(day) for tenant, write_id, day in cursor.fetchall()})
     return {key: days[_canonical(key)] for key in valid if _canonical(key) in days}
 
