@@ -241,42 +241,48 @@ def resolve_foreign_days(cursor: Any, wanted: dict[ForeignKey, tuple[int, int | 
     receipt, the day of its UUIDv7 time or ``None``). Known ids keep the day recorded for them; an old
     UUIDv7 found in its own day's partition keeps that day; any other gets its receipt's day, recorded
     for its repeats. Ids that are not UUIDs are left out (the insert rejects their rows)."""
-    valid = {key: value for key, value in wanted.items() if _is_uuid(key[0]) and _is_uuid(key[1])}
-    if not valid:
+    canonical: dict[ForeignKey, ForeignKey] = {}
+    for key in wanted:
+        tenant, write_id = canonical_uuid(key[0]), canonical_uuid(key[1])
+        if tenant is not None and write_id is not None:
+            canonical[key] = (tenant, write_id)
+    if not canonical:
         return {}
-    chosen = {key: receipt for key, (receipt, _) in valid.items()}
+    chosen = {canonical[key]: wanted[key][0] for key in canonical}
     # Old UUIDv7s are rare (a retry more than a day late): each costs a probe of its own day.
-    own = {key: day for key, (_, day) in valid.items() if day is not None}
+    own = {canonical[key]: day for key in canonical if (day := wanted[key][1]) is not None}
     if own:
         cursor.execute(
             _IN_OWN_DAY, [[k[0] for k in own], [k[1] for k in own], [EPOCH + timedelta(days=d) for d in own.values()]]
         )
         found = {(tenant, write_id) for tenant, write_id in cursor.fetchall()}
-        chosen.update({key: day for key, day in own.items() if _canonical(key) in found})
+        chosen.update({key: day for key, day in own.items() if key in found})
     keys = list(chosen)
     cursor.execute(
         _REMEMBER,
         [[k[0] for k in keys], [k[1] for k in keys], [EPOCH + timedelta(days=chosen[k]) for k in keys]],
     )
     days = {(tenant, write_id): day_number(day) for tenant, write_id, day in cursor.fetchall()}
-    late = [key for key in keys if _canonical(key) not in days]
+    late = [key for key in keys if key not in days]
     if late:
         # Recorded meanwhile by a transaction that committed after this statement began: its day is the one.
         cursor.execute(_KNOWN, [[k[0] for k in late], [k[1] for k in late]])
         days.update({(tenant, write_id): day_number(day) for tenant, write_id, day in cursor.fetchall()})
-    return {key: days[_canonical(key)] for key in valid if _canonical(key) in days}
+    return {key: days[canon] for key, canon in canonical.items() if canon in days}
 
 
-def _canonical(key: ForeignKey) -> ForeignKey:
-    return (str(uuid.UUID(key[0])), str(uuid.UUID(key[1])))
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _is_uuid(value: Any) -> bool:
+def canonical_uuid(value: Any) -> str | None:
+    """``value`` as PostgreSQL prints a uuid, or ``None`` when it is not one. Ids from the API are
+    canonical already: one regular-expression match, no parse."""
+    if isinstance(value, str) and _CANONICAL.fullmatch(value):
+        return value
     try:
-        uuid.UUID(str(value))
+        return str(uuid.UUID(str(value)))
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def id_day_sql(tenant: str, write_id: str) -> str:
