@@ -253,22 +253,28 @@ def resolve_foreign_days(cursor: Any, wanted: dict[ForeignKey, tuple[int, int | 
     own = {canonical[key]: day for key in canonical if (day := wanted[key][1]) is not None}
     if own:
         cursor.execute(
-            _IN_OWN_DAY, [[k[0] for k in own], [k[1] for k in own], [EPOCH + timedelta(days=d) for d in own.values()]]
+            _IN_OWN_DAY,
+            [_array(k[0] for k in own), _array(k[1] for k in own), _array(day_text(d) for d in own.values())],
         )
         found = {(tenant, write_id) for tenant, write_id in cursor.fetchall()}
         chosen.update({key: day for key, day in own.items() if key in found})
     keys = list(chosen)
     cursor.execute(
-        _REMEMBER,
-        [[k[0] for k in keys], [k[1] for k in keys], [EPOCH + timedelta(days=chosen[k]) for k in keys]],
+        _REMEMBER, [_array(k[0] for k in keys), _array(k[1] for k in keys), _array(day_text(chosen[k]) for k in keys)]
     )
     days = {(tenant, write_id): day_number(day) for tenant, write_id, day in cursor.fetchall()}
     late = [key for key in keys if key not in days]
     if late:
         # Recorded meanwhile by a transaction that committed after this statement began: its day is the one.
-        cursor.execute(_KNOWN, [[k[0] for k in late], [k[1] for k in late]])
+        cursor.execute(_KNOWN, [_array(k[0] for k in late), _array(k[1] for k in late)])
         days.update({(tenant, write_id): day_number(day) for tenant, write_id, day in cursor.fetchall()})
     return {key: days[canon] for key, canon in canonical.items() if canon in days}
+
+
+def _array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of canonical uuids or ISO dates (nothing to quote in either): one text
+    parameter, which psycopg sends as it is, where a list is adapted element by element."""
+    return "{" + ",".join(values) + "}"
 
 
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
