@@ -345,18 +345,19 @@ class _Batch:
         received_ms: int | None = None
         last_received: Any = None
         # One request's server ids share their millisecond, so a row whose id starts like the row
-        # before it has that row's day: one slice and one comparison per row in the common case.
+        # before it (time and version: the first 15 characters) has that row's day: one slice and one
+        # comparison per row in the common case.
         last_prefix, last_day = "", 0
         for index, (tenant_id, _, received_at, write_id) in enumerate(self._entries()):
             if received_at is not last_received:
                 last_received, last_prefix = received_at, ""
                 received_ms = received_millis(received_at) if isinstance(received_at, str) else None
-            if isinstance(write_id, str) and write_id[:13] == last_prefix:
+            if isinstance(write_id, str) and write_id[:15] == last_prefix:
                 days.append(last_day)
                 continue
             day = young_day(write_id, received_ms) if isinstance(write_id, str) else None
             if day is not None:
-                last_prefix, last_day = write_id[:13], day
+                last_prefix, last_day = write_id[:15], day
             elif isinstance(write_id, str) and id_too_far_ahead(write_id, received_ms):
                 refused[index] = (ID_FROM_THE_FUTURE, _FUTURE_REASON)
             else:

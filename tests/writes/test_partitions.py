@@ -45,6 +45,19 @@ def rejection(tenant: uuid.UUID, write_id: str) -> RejectedWrite:
     return RejectedWrite.objects.using(SHARD).get(tenant_id=tenant, write_id=write_id)
 
 
+def test_an_id_that_only_looks_like_its_uuid7_neighbour_gets_a_day_of_its_own_record():
+    """A client's UUIDv4 whose first 48 bits equal the UUIDv7 before it in the batch is not a UUIDv7."""
+    tenant = uuid.uuid4()
+    received = datetime.now(UTC)
+    server = uuid7_at(received)
+    lookalike = f"{server[:14]}4{server[15:]}"
+    items = [[write_id, "k", "{}", received.isoformat()] for write_id in (server, lookalike)]
+    assert apply_batch(shard=SHARD, groups=[[str(tenant), "event", received.isoformat(), items]]).applied == 2
+    with connections[SHARD].cursor() as cursor:
+        cursor.execute("SELECT write_id::text FROM write_id_days WHERE tenant_id = %s", [tenant])
+        assert cursor.fetchall() == [(lookalike,)]
+
+
 def test_a_uuid7_id_names_its_day_even_when_received_after_midnight():
     tenant = uuid.uuid4()
     write_id = uuid7_at(MIDNIGHT - timedelta(milliseconds=1))
