@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # How long the swap may wait for the log's lock before it gives up for this run.
 SWAP_LOCK_TIMEOUT = "2s"
+# One pass per shard at a time (the read models' maintenance lock, under this name).
+MAINTENANCE_LOCK_NAME = "write_log lifecycle"
 
 
 @dataclass
@@ -61,8 +63,12 @@ class MaintenanceReport:
     shard: str
     created: list[date] = field(default_factory=list)
     days: list[DayOutcome] = field(default_factory=list)
+    #: Another pass held the shard's log maintenance lock: this one did nothing.
+    busy: bool = False
 
     def describe(self) -> str:
+        if self.busy:
+            return f"{self.shard}: another maintenance pass is running; nothing done"
         lines = [f"{self.shard}: {len(self.created)} partition(s) created ahead"]
         for outcome in self.days:
             lines.append(
@@ -79,11 +85,26 @@ def expired_kinds(day: date, current: date, retention: dict[str, int]) -> set[st
 
 
 def maintain_log(shard: str, *, current: date | None = None, dry_run: bool = False) -> MaintenanceReport:
-    current = current or today()
+    """One pass on ``shard``; a pass already running there (beat's and the command's) makes this one
+    return at once, with ``busy`` set."""
+    from readmodels.repair import maintenance_lock
+
+    with maintenance_lock(shard, MAINTENANCE_LOCK_NAME) as acquired:
+        if not acquired:
+            logger.info("log maintenance of %s: another pass is running", shard, extra={"shard": shard})
+            return MaintenanceReport(shard, busy=True)
+        return _maintain(shard, current or today(), dry_run)
+
+
+def _maintain(shard: str, current: date, dry_run: bool) -> MaintenanceReport:
+    from writes.apply import APPEND_LOCK_KEY
+
     report = MaintenanceReport(shard)
     connection = connections[shard]
     with transaction.atomic(using=shard), connection.cursor() as cursor:
         if not dry_run:
+            # Under the append lock, as the applier creates a missing day: never two creators of one day.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
             report.created = create_partitions(cursor, days_ahead(current))
         days = sorted(attached_days(cursor))
         cursor.execute("SELECT day, retired_kinds FROM log_partitions")
@@ -142,23 +163,24 @@ def _unchanged(cursor: Any, table: str, highest: int) -> bool:
 def _drop(shard: str, day: date, gone: list[str], highest: int, outcome: DayOutcome) -> DayOutcome:
     name = partition_name(day)
     try:
+        started = time.perf_counter()
         with transaction.atomic(using=shard), connections[shard].cursor() as cursor:
             _swap_prologue(cursor)
-            started = time.perf_counter()
             cursor.execute(f"ALTER TABLE {LOG_TABLE} DETACH PARTITION {name}")
-            outcome.swap_seconds = time.perf_counter() - started
             if not _unchanged(cursor, name, highest):
                 raise _Changed
             cursor.execute(
                 "UPDATE log_partitions SET state = 'retired', retired_kinds = %s, retired_at = now() WHERE day = %s",
                 [gone, day],
             )
-            cursor.execute("DELETE FROM write_id_days WHERE id_day = %s", [day])
+        outcome.swap_seconds = time.perf_counter() - started  # the log's lock is held until COMMIT
     except (_Changed, OperationalError) as exc:
         logger.warning("log maintenance: %s of %s left for the next run (%s)", day, shard, _why(exc))
         return outcome
     with connections[shard].cursor() as cursor:
         cursor.execute(f"DROP TABLE {name}")
+        # Outside the log's lock: write_id_days has no index on the day, so this reads the whole table.
+        cursor.execute("DELETE FROM write_id_days WHERE id_day = %s", [day])
     outcome.action = "dropped"
     return outcome
 
@@ -182,20 +204,20 @@ def _rewrite(shard: str, day: date, kinds: list[str], gone: list[str], highest: 
             f"ALTER TABLE {fresh} ADD CONSTRAINT {fresh}_day CHECK (id_day >= '{day}' AND id_day < '{upper}')"
         )
     try:
+        started = time.perf_counter()
         with transaction.atomic(using=shard), connections[shard].cursor() as cursor:
             _swap_prologue(cursor)
-            started = time.perf_counter()
             cursor.execute(f"ALTER TABLE {LOG_TABLE} DETACH PARTITION {name}")
             if not _unchanged(cursor, name, highest):
                 raise _Changed
             cursor.execute(f"ALTER TABLE {name} RENAME TO {old}")
             cursor.execute(f"ALTER TABLE {fresh} RENAME TO {name}")
             cursor.execute(f"ALTER TABLE {LOG_TABLE} ATTACH PARTITION {name} FOR VALUES FROM ('{day}') TO ('{upper}')")
-            outcome.swap_seconds = time.perf_counter() - started
             cursor.execute(f"ALTER TABLE {name} DROP CONSTRAINT {fresh}_day")
             cursor.execute(
                 "UPDATE log_partitions SET retired_kinds = %s, retired_at = now() WHERE day = %s", [gone, day]
             )
+        outcome.swap_seconds = time.perf_counter() - started  # the log's lock is held until COMMIT
     except (_Changed, OperationalError) as exc:
         logger.warning("log maintenance: %s of %s left for the next run (%s)", day, shard, _why(exc))
         with connections[shard].cursor() as cursor:

@@ -4,6 +4,7 @@ live traffic.)"""
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,9 +12,10 @@ import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connections, transaction
 
+from readmodels.repair import MAINTENANCE_LOCK_CLASS, _lock_key
 from tests.conftest import ALL_DATABASES
 from writes.apply import RETENTION_EXPIRED, apply_batch
-from writes.lifecycle import maintain_log
+from writes.lifecycle import MAINTENANCE_LOCK_NAME, maintain_log
 from writes.models import RejectedWrite, WriteLog
 from writes.partitions import attached_days, partition_name, today
 
@@ -55,6 +57,9 @@ def test_partitions_are_made_ahead(no_archives):
 def test_a_day_whose_kinds_all_expired_leaves_whole(no_archives):
     tenant = uuid.uuid4()
     apply_batch(shard=SHARD, groups=[group(tenant, "event", 50, DAY_ONE)])
+    with connections[SHARD].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM write_id_days WHERE tenant_id = %s", [tenant])
+        assert cursor.fetchone()[0] == 50
     no_archives.WRITES_RETENTION_DAYS = {"event": 10}
     report = maintain_log(SHARD)
     [outcome] = [o for o in report.days if o.day == DAY_ONE.date()]
@@ -64,6 +69,8 @@ def test_a_day_whose_kinds_all_expired_leaves_whole(no_archives):
         assert DAY_ONE.date() not in attached_days(cursor)
         cursor.execute("SELECT to_regclass(%s)", [partition_name(DAY_ONE.date())])
         assert cursor.fetchone()[0] is None  # dropped, not only detached
+        cursor.execute("SELECT count(*) FROM write_id_days WHERE id_day = %s", [DAY_ONE.date()])
+        assert cursor.fetchone()[0] == 0  # the day's ids are forgotten with it
     assert log_of(tenant) == []
     # A late repeat of that day is refused, never applied again into a retired day.
     late = apply_batch(shard=SHARD, groups=[group(tenant, "event", 1, DAY_ONE)])
@@ -85,7 +92,7 @@ def test_a_day_keeps_the_kinds_with_a_longer_retention(no_archives):
     )
     messages = [row for row in log_of(tenant) if row[1] == "message"]
     no_archives.WRITES_RETENTION_DAYS = {"event": 10, "message": 100}
-    call_command("maintain_log", "--shard", SHARD, stdout=open("/dev/null", "w"))  # noqa: SIM115
+    call_command("maintain_log", "--shard", SHARD, stdout=io.StringIO())
     assert log_of(tenant) == messages  # same positions, nothing else
     with connections[SHARD].cursor() as cursor:
         assert DAY_TWO.date() in attached_days(cursor)
@@ -116,3 +123,24 @@ def test_dry_run_changes_nothing(no_archives):
     report = maintain_log(SHARD, dry_run=True)
     assert [o.action for o in report.days if o.day == DAY_THREE.date()] == ["would retire"]
     assert len(log_of(tenant)) == 3
+
+
+def test_a_pass_while_another_runs_does_nothing(no_archives):
+    tenant = uuid.uuid4()
+    apply_batch(shard=SHARD, groups=[group(tenant, "event", 3, DAY_THREE)])
+    no_archives.WRITES_RETENTION_DAYS = {"event": 10}
+    lock = [MAINTENANCE_LOCK_CLASS, _lock_key(MAINTENANCE_LOCK_NAME)]
+    other = connections.create_connection(SHARD)  # another session: beat's pass, say
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+        report = maintain_log(SHARD)
+        assert (report.busy, report.days, report.created) == (True, [], [])
+        assert "another maintenance pass is running" in report.describe()
+        assert len(log_of(tenant)) == 3
+    finally:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+        other.close()
+    after = maintain_log(SHARD)
+    assert [o.action for o in after.days if o.day == DAY_THREE.date()] == ["dropped"], after
