@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -44,6 +43,7 @@ from django.db import connections, transaction
 
 from writes.apply import ApplyResult, apply_batch
 from writes.errors import ArchiveError
+from writes.ids import canonical_uuid
 from writes.ledger import TRANSFER_KIND
 from writes.partitions import day_number, partition_name, today
 
@@ -478,7 +478,7 @@ def replay_archive(
     problems = [problem for directory in directories for problem in _day_problems(directory)]
     if problems:
         raise ArchiveError("The archive is damaged; nothing was replayed:\n  " + "\n  ".join(problems))
-    tenant = canonical_uuid(tenant_id) if tenant_id is not None else None
+    tenant = _tenant_id(tenant_id) if tenant_id is not None else None
     plans = _plans(directories, shard)
     refusals = [refusal for plan in plans for refusal in _refusals(plan, tenant)]
     if refusals:
@@ -657,7 +657,7 @@ def erase_tenant_from_archives(tenant_id: str) -> dict[str, int]:
     manifest updated with the new rows, positions and checksum); a file left empty is removed, and so
     are temporary files left over from crashed writes. Returns the rows erased and the files rewritten
     or removed."""
-    tenant = canonical_uuid(tenant_id)
+    tenant = _tenant_id(tenant_id)
     erased = {"archive_rows": 0, "archive_files": 0}
     root = archive_root()
     if not root.is_dir():
@@ -746,9 +746,9 @@ def _remove_stale_temporaries(directory: Path) -> None:
 # --- files ------------------------------------------------------------------------------------
 
 
-def canonical_uuid(value: str) -> str:
+def _tenant_id(value: str) -> str:
     try:
-        return str(uuid.UUID(str(value)))
+        return canonical_uuid(value)
     except ValueError as exc:
         raise ArchiveError(f"Not a UUID: {value!r}") from exc
 

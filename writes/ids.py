@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+import uuid
+from typing import Any
 
 
 def uuid7() -> str:
@@ -39,3 +42,14 @@ def uuid7_many(count: int) -> list[str]:
     text = buffer.hex()
     hexes = [text[i : i + 32] for i in range(0, 32 * count, 32)]
     return [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes]
+
+
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def canonical_uuid(value: Any) -> str:
+    """``value`` as PostgreSQL prints a uuid (``ValueError`` when it is not one). Ids from the API are
+    canonical already: one regular-expression match, no parse."""
+    if isinstance(value, str) and _CANONICAL.fullmatch(value):
+        return value
+    return str(uuid.UUID(str(value)))

@@ -8,8 +8,6 @@ the new balances together with the log rows.
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +17,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 
 from writes.apply import EXISTS_WITH_DIFFERENT_FIELDS, Rejection, StagedRow, conflict_reason
 from writes.errors import AccountConflict
+from writes.ids import canonical_uuid
 from writes.models import LedgerAccount
 from writes.routing import TenantContext
 
@@ -165,7 +164,7 @@ def _parse(row: StagedRow) -> Transfer | str:
     _, tenant_id, write_id, _, _, payload, _, _ = row
     try:
         shape = _shape.decode(payload)
-        tenant, write = _canonical(tenant_id), _canonical(write_id)
+        tenant, write = canonical_uuid(tenant_id), canonical_uuid(write_id)
     except (msgspec.DecodeError, ValueError, TypeError, AttributeError) as exc:
         return f"Not a transfer: {exc}"
     if shape.amount <= 0:
@@ -184,16 +183,6 @@ _json = msgspec.json.Encoder()
 def _as_json(values: Any) -> str:
     """Tuples of keys as one JSON array of arrays, for the queries above."""
     return _json.encode(list(values)).decode()
-
-
-# The canonical text of a UUID (what PostgreSQL's uuid::text gives): ids from the API already are.
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _canonical(value: str) -> str:
-    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
-        return value
-    return str(uuid.UUID(value))
 
 
 class TransferApplyHook:

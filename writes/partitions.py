@@ -22,13 +22,14 @@ take them away.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+
+from writes.ids import canonical_uuid
 
 LOG_TABLE = "write_log"
 DAY_MS = 86_400_000
@@ -243,7 +244,7 @@ def resolve_foreign_days(cursor: Any, wanted: dict[ForeignKey, tuple[int, int | 
     for its repeats. Ids that are not UUIDs are left out (the insert rejects their rows)."""
     canonical: dict[ForeignKey, ForeignKey] = {}
     for key in wanted:
-        tenant, write_id = canonical_uuid(key[0]), canonical_uuid(key[1])
+        tenant, write_id = _uuid_or_none(key[0]), _uuid_or_none(key[1])
         if tenant is not None and write_id is not None:
             canonical[key] = (tenant, write_id)
     if not canonical:
@@ -277,16 +278,9 @@ def _array(values: Iterable[str]) -> str:
     return "{" + ",".join(values) + "}"
 
 
-_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def canonical_uuid(value: Any) -> str | None:
-    """``value`` as PostgreSQL prints a uuid, or ``None`` when it is not one. Ids from the API are
-    canonical already: one regular-expression match, no parse."""
-    if isinstance(value, str) and _CANONICAL.fullmatch(value):
-        return value
+def _uuid_or_none(value: Any) -> str | None:
     try:
-        return str(uuid.UUID(str(value)))
+        return canonical_uuid(value)
     except ValueError:
         return None
 
